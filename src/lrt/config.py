@@ -1,0 +1,158 @@
+"""Model configuration: one dataclass, validated at construction, JSON round-trippable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+INJECTIONS = ("kv+residual", "kv", "residual", "none")
+PROJECTIONS = ("shared", "layerwise")
+VALUE_EMBEDS = ("none", "alternating", "all")
+
+
+def _fail(name: str, allowed: str, got) -> None:
+    raise ValueError(f"{name} must be {allowed}, got {got!r}")
+
+
+@dataclass
+class LRTConfig:
+    """Everything that fixes the function an LRT model computes (LRT_SPEC sections 1-2).
+
+    Layers are numbered 1..n_layer, as in the paper: `source_layer = s` takes the
+    residual stream after block s (s = n_layer: after the final norm), and
+    `target_layers` lists the blocks that receive the memory.
+    """
+
+    vocab_size: int = 32768
+    sequence_len: int = 2048
+    n_layer: int = 12
+    n_head: int = 6
+    n_kv_head: int = 6
+    n_embd: int = 768
+    # attention windows: tiled over layers, "L" full causal, "S" the last `short_window` positions
+    # (default sequence_len // 2); the final layer is always full
+    window_pattern: str = "L"
+    short_window: int | None = None
+    value_embeds: str = "alternating"  # token-indexed embeddings gated into V: none/alternating/all
+    residual_scalars: bool = True  # x = a_l * x + b_l * x0 before each block
+    logit_softcap: float = 15.0  # 0 disables
+    rope_base: float = 10000.0
+    gate_channels: int = 32  # leading channels of the block input that drive the V / memory gates
+    # the recurrent latent pathway
+    injection: str = "kv+residual"
+    projection: str = "shared"
+    source_layer: int | None = None  # None: about 2/3 of depth
+    target_layers: tuple[int, ...] | None = None  # None: every layer
+    residual_init: float = 0.1  # initial g_l of Residual Injection
+
+    def __post_init__(self):
+        for name in ("vocab_size", "sequence_len", "n_layer", "n_head", "n_kv_head", "n_embd", "gate_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                _fail(name, "a positive integer", value)
+        if self.n_embd % self.n_head:
+            _fail("n_head", f"a divisor of n_embd={self.n_embd}", self.n_head)
+        if self.n_head % self.n_kv_head:
+            _fail("n_kv_head", f"a divisor of n_head={self.n_head}", self.n_kv_head)
+        if self.head_dim % 2:
+            _fail("n_head", f"such that head_dim = n_embd / n_head is even (RoPE), head_dim={self.head_dim}", self.n_head)
+        if not self.window_pattern or set(self.window_pattern.upper()) - set("SL"):
+            _fail("window_pattern", "a non-empty string of 'S' and 'L'", self.window_pattern)
+        self.window_pattern = self.window_pattern.upper()
+        if self.short_window is not None and (not isinstance(self.short_window, int) or self.short_window < 1):
+            _fail("short_window", "None or a positive integer", self.short_window)
+        if self.value_embeds not in VALUE_EMBEDS:
+            _fail("value_embeds", f"one of {VALUE_EMBEDS}", self.value_embeds)
+        if self.logit_softcap < 0:
+            _fail("logit_softcap", "0 (off) or positive", self.logit_softcap)
+        if self.gate_channels > self.n_embd:
+            _fail("gate_channels", f"at most n_embd={self.n_embd}", self.gate_channels)
+        if self.injection not in INJECTIONS:
+            _fail("injection", f"one of {INJECTIONS}", self.injection)
+        if self.projection not in PROJECTIONS:
+            _fail("projection", f"one of {PROJECTIONS}", self.projection)
+        if self.source_layer is None:
+            self.source_layer = max(1, round(2 * self.n_layer / 3))
+        if not isinstance(self.source_layer, int) or not 1 <= self.source_layer <= self.n_layer:
+            _fail("source_layer", f"a block index in 1..{self.n_layer} (n_layer)", self.source_layer)
+        if self.target_layers is not None:
+            layers = tuple(self.target_layers)
+            if not layers or len(set(layers)) != len(layers) or any(
+                not isinstance(l, int) or not 1 <= l <= self.n_layer for l in layers
+            ):
+                _fail("target_layers", f"None (all) or distinct block indices in 1..{self.n_layer}", self.target_layers)
+            self.target_layers = tuple(sorted(layers))
+
+    # derived quantities -------------------------------------------------------------------------
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_head * self.head_dim
+
+    @property
+    def uses_kv(self) -> bool:
+        return "kv" in self.injection
+
+    @property
+    def uses_residual(self) -> bool:
+        return "residual" in self.injection
+
+    def is_target(self, layer: int) -> bool:
+        """Whether block `layer` (0-based) receives the memory."""
+        if self.injection == "none":
+            return False
+        return self.target_layers is None or layer + 1 in self.target_layers
+
+    def has_value_embed(self, layer: int) -> bool:
+        """Value embeddings on alternating layers always include the last one (as nanochat)."""
+        if self.value_embeds == "all":
+            return True
+        return self.value_embeds == "alternating" and layer % 2 == (self.n_layer - 1) % 2
+
+    def window(self, layer: int) -> int | None:
+        """How many earlier positions block `layer` (0-based) attends to; None = all."""
+        if layer == self.n_layer - 1 or self.window_pattern[layer % len(self.window_pattern)] == "L":
+            return None
+        return self.short_window if self.short_window is not None else max(1, self.sequence_len // 2)
+
+    # serialisation ------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["target_layers"] is not None:
+            d["target_layers"] = list(d["target_layers"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LRTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown LRTConfig field(s) {unknown}; known fields: {sorted(known)}")
+        d = dict(d)
+        if d.get("target_layers") is not None:
+            d["target_layers"] = tuple(d["target_layers"])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LRTConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_depth(cls, depth: int, head_dim: int = 128, aspect_ratio: int = 64, **overrides) -> "LRTConfig":
+        """nanochat's depth knob: n_embd = aspect_ratio * depth rounded up to the head size."""
+        if not isinstance(depth, int) or depth < 1:
+            _fail("depth", "a positive integer", depth)
+        n_embd = -(-aspect_ratio * depth // head_dim) * head_dim
+        n_head = n_embd // head_dim
+        base = dict(n_layer=depth, n_embd=n_embd, n_head=n_head, n_kv_head=n_head)
+        base.update(overrides)
+        return cls(**base)

@@ -1,0 +1,267 @@
+"""The Latent Recurrent Transformer (LRT_SPEC sections 1-2).
+
+A nanochat-style decoder where position t also receives m_t = norm(h^(s)_{t-1}), the normed
+state of source layer s at the previous position, through Residual Injection (x += g_l m) and
+KV Projection (the layer's keys/values gated together with Wk m, Wv m).
+
+Everything the model ever computes goes through one method, `forward_positions`: run the tokens
+at some positions, given their memory, against a key/value buffer that holds the other
+positions. The zero-memory forward, every pass of every training schedule (schedules.py) and
+every decoding step (decoding.py) are calls of it. Zero memory is passed as `memory=None`,
+which means m = 0 fed through the pathway: Wk 0 = Wv 0 = 0 and g 0 = 0, so the feedback terms
+vanish exactly, while the gates still scale the layer's own keys and values.
+
+Parameters of the recurrent pathway are the ones named `mem_*`; `injection="none"` creates
+none of them and is the plain transformer baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import decoding
+from .attention import KVBuffer, PassContext
+from .config import LRTConfig
+from .schedules import Baseline, Schedule, ScheduleOutput, run_schedule
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on (B, T, H, D) by rotating the two halves of the head dimension."""
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LRTConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.window = config.window(layer)
+        self.gate_channels = config.gate_channels
+        d = config.n_embd
+        self.c_q = nn.Linear(d, config.n_head * config.head_dim, bias=False)
+        self.c_k = nn.Linear(d, config.kv_dim, bias=False)
+        self.c_v = nn.Linear(d, config.kv_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_head * config.head_dim, d, bias=False)
+        self.ve_gate = nn.Linear(config.gate_channels, config.n_kv_head, bias=False) if config.has_value_embed(layer) else None
+        kv_target = config.is_target(layer) and config.uses_kv
+        # per-head gates (own, memory) mixing the memory's key/value into this layer's
+        self.mem_gate = nn.Linear(config.gate_channels, 2 * config.n_kv_head, bias=False) if kv_target else None
+        # LRT-layerwise: this layer's own Wk, Wv (LRT-shared keeps one pair on the model)
+        layerwise = kv_target and config.projection == "layerwise"
+        self.mem_kv = nn.Linear(d, 2 * config.kv_dim, bias=False) if layerwise else None
+
+    def forward(self, x, ve, memory, shared_mem_kv, ctx: PassContext):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        gate_input = x[..., : self.gate_channels]
+        if ve is not None:
+            v = v + 2 * torch.sigmoid(self.ve_gate(gate_input)).unsqueeze(-1) * ve.view_as(v)
+        if self.mem_gate is not None:  # KV Projection
+            own, mem = (2 * torch.sigmoid(self.mem_gate(gate_input))).unsqueeze(-1).chunk(2, dim=2)
+            k, v = own * k, own * v
+            if memory is not None:
+                mem_kv = self.mem_kv(memory) if self.mem_kv is not None else shared_mem_kv
+                k_mem, v_mem = mem_kv.view(B, T, 2 * self.n_kv_head, self.head_dim).chunk(2, dim=2)
+                k, v = k + mem * k_mem, v + mem * v_mem
+        q, k = norm(rotate(q, ctx.cos, ctx.sin)), norm(rotate(k, ctx.cos, ctx.sin))
+        y = ctx.attend(self.layer, self.window, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: LRTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config: LRTConfig, layer: int):
+        super().__init__()
+        self.attn = Attention(config, layer)
+        self.mlp = MLP(config)
+        scalars = config.residual_scalars
+        self.resid_scale = nn.Parameter(torch.ones(())) if scalars else None
+        self.x0_scale = nn.Parameter(torch.ones(())) if scalars else None
+        residual_target = config.is_target(layer) and config.uses_residual
+        self.mem_scale = nn.Parameter(torch.ones(())) if residual_target else None  # g_l
+
+    def forward(self, x, x0, ve, memory, shared_mem_kv, ctx: PassContext):
+        if self.resid_scale is not None:
+            x = self.resid_scale * x + self.x0_scale * x0
+        if self.mem_scale is not None and memory is not None:  # Residual Injection
+            x = x + self.mem_scale * memory
+        x = x + self.attn(norm(x), ve, memory, shared_mem_kv, ctx)
+        return x + self.mlp(norm(x))
+
+
+class LRT(nn.Module):
+    def __init__(self, config: LRTConfig):
+        super().__init__()
+        self.config = config
+        d, V = config.n_embd, config.vocab_size
+        self.wte = nn.Embedding(V, d)
+        self.value_embeds = nn.ModuleDict(
+            {str(l): nn.Embedding(V, config.kv_dim) for l in range(config.n_layer) if config.has_value_embed(l)}
+        )
+        self.blocks = nn.ModuleList(Block(config, l) for l in range(config.n_layer))
+        shared = config.uses_kv and config.projection == "shared"
+        self.mem_kv = nn.Linear(d, 2 * config.kv_dim, bias=False) if shared else None  # LRT-shared Wk, Wv
+        self.lm_head = nn.Linear(d, V, bias=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        """nanochat's init: output projections zero, input projections uniform with std 1/sqrt(d),
+        gates zero (2 sigmoid(0) = 1, neutral)."""
+        cfg = self.config
+        s = math.sqrt(3.0 / cfg.n_embd)
+        nn.init.normal_(self.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        inputs = [emb.weight for emb in self.value_embeds.values()]
+        if self.mem_kv is not None:
+            inputs.append(self.mem_kv.weight)
+        for block in self.blocks:
+            attn = block.attn
+            inputs += [attn.c_q.weight, attn.c_k.weight, attn.c_v.weight, block.mlp.c_fc.weight]
+            if attn.mem_kv is not None:
+                inputs.append(attn.mem_kv.weight)
+            nn.init.zeros_(attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+            for gate in (attn.ve_gate, attn.mem_gate):
+                if gate is not None:
+                    nn.init.zeros_(gate.weight)
+            if block.resid_scale is not None:
+                block.resid_scale.fill_(1.0)
+                block.x0_scale.fill_(0.1)
+            if block.mem_scale is not None:
+                block.mem_scale.fill_(cfg.residual_init)
+        for w in inputs:
+            nn.init.uniform_(w, -s, s)
+
+    # the one computation ------------------------------------------------------------------------
+
+    def rotary(self, pos: torch.Tensor, dtype: torch.dtype):
+        cfg = self.config
+        calc = torch.float64 if dtype == torch.float64 else torch.float32
+        inv_freq = cfg.rope_base ** -(torch.arange(0, cfg.head_dim, 2, device=pos.device, dtype=calc) / cfg.head_dim)
+        freqs = pos.to(calc).unsqueeze(-1) * inv_freq
+        return freqs.cos().to(dtype).unsqueeze(-2), freqs.sin().to(dtype).unsqueeze(-2)  # broadcast over heads
+
+    def forward_positions(
+        self,
+        idx: torch.Tensor,
+        pos: torch.Tensor,
+        memory: torch.Tensor | None,
+        buffer: KVBuffer,
+        full: bool = False,
+        kv_len: int | None = None,
+    ):
+        """Compute tokens `idx` (B, Tq) at positions `pos` ((Tq,) or (B, Tq)) with memory `memory`
+        (B, Tq, d; None is zero memory), attending to `buffer`, into which their keys and values are
+        written. Returns the final normed hidden states and the normed source states (B, Tq, d)."""
+        cfg = self.config
+        x = x0 = norm(self.wte(idx))
+        ctx = PassContext(buffer, pos, full, kv_len, *self.rotary(pos, x.dtype))
+        shared_mem_kv = self.mem_kv(memory) if self.mem_kv is not None and memory is not None else None
+        source = None
+        for layer, block in enumerate(self.blocks):
+            ve = self.value_embeds[str(layer)](idx) if str(layer) in self.value_embeds else None
+            x = block(x, x0, ve, memory, shared_mem_kv, ctx)
+            if layer + 1 == cfg.source_layer:
+                source = x
+        x = norm(x)
+        if cfg.source_layer == cfg.n_layer:  # h^(L) is taken after the final norm
+            source = x
+        return x, norm(source)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits with soft-capping, computed in at least float32."""
+        logits = self.lm_head(h)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    # public entry points ------------------------------------------------------------------------
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        schedule: Schedule | None = None,
+        return_logits: bool = True,
+    ) -> torch.Tensor | ScheduleOutput:
+        """`model(idx)` is the zero-memory parallel forward and returns logits (B, T, vocab).
+        With targets or a schedule it runs the schedule (default: Baseline, zero memory) and returns
+        a ScheduleOutput with the loss, the per-pass losses and the merged logits."""
+        self._check_input(idx, targets)
+        if targets is None and schedule is None:
+            T = idx.size(1)
+            pos = torch.arange(T, device=idx.device)
+            h, _ = self.forward_positions(idx, pos, None, KVBuffer(self.config.n_layer, T), full=True)
+            return self.head(h)
+        return run_schedule(self, idx, targets, schedule or Baseline(), return_logits)
+
+    def _check_input(self, idx: torch.Tensor, targets: torch.Tensor | None) -> None:
+        if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32) or idx.size(1) == 0:
+            raise ValueError(f"idx must be a non-empty (batch, time) integer tensor, got {tuple(idx.shape)} {idx.dtype}")
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+
+    def new_state(self, batch_size: int, max_len: int | None = None, zero_memory: bool = False) -> decoding.DecodeState:
+        return decoding.new_state(self, batch_size, max_len or self.config.sequence_len, zero_memory)
+
+    def step(self, tokens: torch.Tensor, state: decoding.DecodeState) -> torch.Tensor:
+        return decoding.step(self, tokens, state)
+
+    def decode(self, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
+        return decoding.decode(self, idx, zero_memory)
+
+
+# parameter accounting ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    total: int
+    pathway: int  # the recurrent pathway's parameters (named mem_*)
+
+    @property
+    def share(self) -> float:
+        return self.pathway / self.total
+
+    def __str__(self) -> str:
+        return f"{self.total:,} parameters, of which the recurrent pathway {self.pathway:,} ({100 * self.share:.3f}%)"
+
+
+def is_pathway_parameter(name: str) -> bool:
+    return any(part.startswith("mem_") for part in name.split("."))
+
+
+def parameter_counts(model_or_config: LRT | LRTConfig) -> ParameterCounts:
+    """Total and pathway parameters; a config is instantiated on the meta device (no memory)."""
+    model = model_or_config
+    if isinstance(model, LRTConfig):
+        with torch.device("meta"):
+            model = LRT(model_or_config)
+    named = list(model.named_parameters())
+    return ParameterCounts(
+        total=sum(p.numel() for _, p in named),
+        pathway=sum(p.numel() for n, p in named if is_pathway_parameter(n)),
+    )

@@ -1,0 +1,55 @@
+"""Shared helpers of the test suite."""
+
+import itertools
+
+import torch
+
+import lrt
+
+INJECTIONS = ("kv+residual", "kv", "residual", "none")
+PROJECTIONS = ("shared", "layerwise")
+
+
+def tiny_config(**overrides) -> lrt.LRTConfig:
+    """Small enough for exhaustive identity checks, with every backbone feature switched on:
+    GQA, a sliding-window layer, value embeddings, residual scalars, soft-capping."""
+    base = dict(
+        vocab_size=61, sequence_len=8, n_layer=3, n_head=4, n_kv_head=2, n_embd=32,
+        window_pattern="SL", short_window=3, value_embeds="alternating", gate_channels=8,
+    )
+    base.update(overrides)
+    return lrt.LRTConfig(**base)
+
+
+def random_model(config: lrt.LRTConfig, dtype=torch.float32, seed=0, std=0.3) -> lrt.LRT:
+    """A model with every parameter random: the init zeros output projections and gates,
+    which would hide most of the function from an identity test."""
+    torch.manual_seed(seed)
+    model = lrt.LRT(config).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+    return model
+
+
+def random_tokens(config, batch=2, length=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, config.vocab_size, (batch, length or config.sequence_len), generator=g)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def pathway_variants(n_layer=3):
+    """Every injection x projection x source layer (projection is moot without KV Projection)."""
+    out = []
+    for inj, proj, src in itertools.product(INJECTIONS, PROJECTIONS, range(1, n_layer + 1)):
+        if proj == "layerwise" and "kv" not in inj:
+            continue
+        out.append(dict(injection=inj, projection=proj, source_layer=src))
+    return out
+
+
+def variant_id(v):
+    return f"{v['injection']}-{v['projection']}-s{v['source_layer']}"
