@@ -59,3 +59,37 @@ def decode(model, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
     B, T = idx.shape
     state = new_state(model, B, T, zero_memory)
     return torch.stack([step(model, idx[:, t], state) for t in range(T)], dim=1)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Next token per row of logits (B, V): greedy at temperature 0, else softmax sampling from
+    the top_k most likely tokens."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             seed: int = 0, stop_token: int | None = None) -> list[int]:
+    """Continue one prompt with the true recurrence: the prompt token by token, then one forward
+    per generated token, each reading and updating the memory."""
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    device = model.wte.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    state = new_state(model, 1, len(prompt) + max_new_tokens)
+    for token in prompt:
+        logits = step(model, torch.tensor([token], device=device), state)
+    out = []
+    for _ in range(max_new_tokens):
+        token = sample(logits, temperature, top_k, generator)
+        if stop_token is not None and token.item() == stop_token:
+            break
+        out.append(token.item())
+        logits = step(model, token, state)
+    return out

@@ -214,3 +214,20 @@ def merge_logits(pass_logits: list[tuple[torch.Tensor, torch.Tensor]], T: int) -
         covered[pos] = True
     order = torch.cat(kept_pos).argsort()
     return torch.cat(kept_logits, dim=1)[:, order]
+
+
+SCHEDULE_NAMES = ("baseline", "interleaved", "multirefine", "chunked", "sequential")
+
+
+def make_schedule(name: str, subsets: int = 2, passes: int = 1, chunk: int = 64) -> Schedule:
+    """A schedule by its command-line name, with the parameter that name uses."""
+    makers = {
+        "baseline": Baseline,
+        "interleaved": lambda: Interleaved(subsets=subsets),
+        "multirefine": lambda: MultiRefine(passes=passes),
+        "chunked": lambda: Chunked(chunk=chunk),
+        "sequential": Sequential,
+    }
+    if name not in makers:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {name!r}")
+    return makers[name]()

@@ -1,0 +1,176 @@
+"""Checkpoints: safetensors + JSON, written atomically, never unpickled.
+
+A checkpoint is a folder `step_000123/` holding
+- `model.safetensors`: the weights, loadable on their own;
+- `train_state.safetensors`: the tensors of the training state (optimizer moments, RNG states,
+  the data loader's buffered tokens);
+- `checkpoint.json`: model config, tokenizer reference, step, training config, and the rest of
+  the training state (optimizer hyperparameters, data position, Python/numpy RNG states) with
+  references to those tensors;
+- `tokenizer.json` for a BPE tokenizer.
+It is written to a temporary folder and renamed into place, so a crash leaves either the old
+set of checkpoints or the new one, and the last `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import LRTConfig
+from .model import LRT
+from .tokenizer import BPETokenizer, tokenizer_from_reference
+
+FORMAT = "lrt-checkpoint-1"
+
+
+def flatten_tensors(tree, tensors: dict[str, torch.Tensor], prefix: str):
+    """Replace every tensor in a nested dict/list by a reference, collecting the tensors."""
+    if isinstance(tree, torch.Tensor):
+        tensors[prefix] = tree.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(tree, dict):
+        return {"__dict__": [[k, flatten_tensors(v, tensors, f"{prefix}.{k}")] for k, v in tree.items()]}
+    if isinstance(tree, (list, tuple)):
+        return [flatten_tensors(v, tensors, f"{prefix}.{i}") for i, v in enumerate(tree)]
+    return tree
+
+
+def unflatten_tensors(tree, tensors: dict[str, torch.Tensor]):
+    if isinstance(tree, dict) and "__tensor__" in tree:
+        return tensors[tree["__tensor__"]]
+    if isinstance(tree, dict) and "__dict__" in tree:  # keeps non-string keys (optimizer state ids)
+        return {k: unflatten_tensors(v, tensors) for k, v in tree["__dict__"]}
+    if isinstance(tree, list):
+        return [unflatten_tensors(v, tensors) for v in tree]
+    return tree
+
+
+def rng_state() -> dict:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def save_checkpoint(run_dir, step: int, model, tokenizer, meta: dict, state: dict, keep: int = 3) -> Path:
+    """Write the checkpoint of `step` atomically and prune all but the newest `keep`.
+    `meta` is plain JSON; `state` may hold tensors anywhere in it."""
+    final = step_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model = getattr(model, "module", model)  # unwrap DDP / compile
+    model = getattr(model, "_orig_mod", model)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    tensors: dict[str, torch.Tensor] = {}
+    state = flatten_tensors(state, tensors, "state")
+    save_file(tensors, tmp / "train_state.safetensors")
+    if isinstance(tokenizer, BPETokenizer):
+        tokenizer.save(tmp / "tokenizer.json")
+    record = {
+        "format": FORMAT,
+        "step": step,
+        "config": model.config.to_dict(),
+        "tokenizer": tokenizer.reference(),
+        **meta,
+        "train_state": state,
+    }
+    (tmp / "checkpoint.json").write_text(json.dumps(record, indent=1))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():  # same step written again: swap, so a good copy exists at every moment
+        old = final.with_name(final.name + ".old")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    for stale in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(stale)
+    return final
+
+
+def resolve(path) -> Path:
+    """A checkpoint folder, or a run folder (its newest checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if (path / "checkpoint.json").exists():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {path} (expected checkpoint.json or checkpoints/step_*)")
+    return found[-1]
+
+
+def read_record(path: Path) -> dict:
+    try:
+        record = json.loads((path / "checkpoint.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint {path} is corrupt: checkpoint.json unreadable ({e})") from None
+    if record.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path} has format {record.get('format')!r}, expected {FORMAT!r}")
+    return record
+
+
+def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"checkpoint file {file} is corrupt or truncated ({e})") from None
+
+
+def load_model(path, device: str | torch.device = "cpu"):
+    """(model, tokenizer, record) of a checkpoint or run folder."""
+    path = resolve(path)
+    record = read_record(path)
+    config = LRTConfig.from_dict(record["config"])
+    tokenizer = tokenizer_from_reference(record["tokenizer"], path)
+    with torch.device("meta"):
+        model = LRT(config)
+    weights = _load_tensors(path / "model.safetensors")
+    try:
+        model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path}: weights do not match its config ({str(e).splitlines()[0]})") from None
+    return model.to(device), tokenizer, record
+
+
+def load_train_state(path: Path, record: dict) -> dict:
+    """The training state saved beside the weights, tensors in place."""
+    return unflatten_tensors(record["train_state"], _load_tensors(path / "train_state.safetensors"))

@@ -1,0 +1,183 @@
+"""Where documents come from: the bundled Shakespeare corpus, local text files, parquet shards.
+
+A source walks its documents in a fixed order from a resumable position (a small JSON-able
+dict), looping over epochs for training or making one pass for validation. Nothing here
+downloads anything.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import tarfile
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+# Whole works held out for validation: four plays, about 10% of the corpus's bytes.
+VALIDATION_WORKS = ("hamlet", "macbeth", "tempest", "twelfth_night")
+
+
+def passages(text: str, max_chars: int = 2000) -> list[str]:
+    """Cut a text at blank lines into passages of at most max_chars (a longer paragraph stays
+    whole), so a long work becomes documents of reasonable length with nothing dropped."""
+    out, current = [], ""
+    for paragraph in re.split(r"\n\s*\n", text.strip()):
+        if current and len(current) + 2 + len(paragraph) > max_chars:
+            out.append(current)
+            current = paragraph
+        else:
+            current = f"{current}\n\n{paragraph}" if current else paragraph
+    if current:
+        out.append(current)
+    return out
+
+
+class TextSource:
+    """Documents held in memory, addressed by (epoch, index). With `shuffle` each epoch visits
+    them in its own fixed random order: passages of one work are contiguous, and a model fed
+    them in order would chase the current work instead of learning the corpus (and a validation
+    budget would cover only the first work)."""
+
+    def __init__(self, documents: list[str], name: str, shuffle: bool = True):
+        if not documents:
+            raise ValueError(f"{name} holds no text")
+        self.documents = documents
+        self.name = name
+        self.shuffle = shuffle
+
+    def order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.documents)))
+        if self.shuffle:
+            random.Random(epoch).shuffle(order)
+        return order
+
+    def iterate(self, position: dict | None = None, loop: bool = True) -> Iterator[tuple[str, dict]]:
+        epoch, index = (position or {}).get("epoch", 0), (position or {}).get("index", 0)
+        while True:
+            order = self.order(epoch)
+            while index < len(order):
+                index += 1
+                yield self.documents[order[index - 1]], {"epoch": epoch, "index": index}
+            if not loop:
+                return
+            epoch, index = epoch + 1, 0
+
+    def split(self, val_fraction: float) -> tuple["TextSource", "TextSource"]:
+        """Hold out the last documents, about val_fraction of the characters, for validation."""
+        total = sum(map(len, self.documents))
+        cut, held = len(self.documents), 0
+        while cut > 1 and held < val_fraction * total:
+            cut -= 1
+            held += len(self.documents[cut])
+        if cut == len(self.documents):
+            raise ValueError(f"{self.name} is too small to hold out validation text; give --val-data")
+        return (
+            TextSource(self.documents[:cut], self.name, self.shuffle),
+            TextSource(self.documents[cut:], f"{self.name} (validation)", self.shuffle),
+        )
+
+
+def bundled_works() -> dict[str, str]:
+    """The 42 works of the bundled corpus, by name (e.g. 'hamlet')."""
+    archive = resources.files("lrt.data").joinpath("shakespeare.tar.xz").read_bytes()
+    works = {}
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:xz") as tar:
+        for member in tar.getmembers():
+            name = member.name.removesuffix("_gut.txt")
+            works[name] = tar.extractfile(member).read().decode("ascii")
+    return dict(sorted(works.items()))
+
+
+def bundled_corpus() -> tuple[TextSource, TextSource]:
+    """(train, validation) sources of the bundled corpus, split by whole works."""
+    works = bundled_works()
+    train = [p for name, text in works.items() if name not in VALIDATION_WORKS for p in passages(text)]
+    val = [p for name in VALIDATION_WORKS for p in passages(works[name])]
+    return TextSource(train, "the bundled Shakespeare corpus"), TextSource(val, "Shakespeare validation works")
+
+
+def read_text_files(path: str | Path) -> TextSource:
+    """A .txt file, or every .txt file under a folder (sorted), cut into passages."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data path {path} does not exist")
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"no .txt files under {path}")
+    documents = []
+    for f in files:
+        data = f.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{f} is not UTF-8 text (invalid byte at offset {e.start})") from None
+        documents += passages(text)
+    return TextSource(documents, str(path))
+
+
+class ParquetSource:
+    """Parquet shards with a `text` column (the FineWeb-Edu layout of nanochat), streamed one row
+    group at a time. Position: (epoch, file, row group, row)."""
+
+    def __init__(self, files: list[Path], name: str):
+        import pyarrow.parquet as pq
+
+        if not files:
+            raise ValueError(f"{name} holds no parquet files")
+        self.files, self.name, self.row_groups = files, name, []
+        for f in files:
+            try:
+                meta = pq.ParquetFile(f)
+            except Exception as e:  # pyarrow raises several types for non-parquet input
+                raise ValueError(f"{f} is not a readable parquet file ({e})") from None
+            if "text" not in meta.schema_arrow.names:
+                raise ValueError(f"{f} has no 'text' column (columns: {', '.join(meta.schema_arrow.names)})")
+            self.row_groups.append(meta.num_row_groups)
+
+    def iterate(self, position: dict | None = None, loop: bool = True) -> Iterator[tuple[str, dict]]:
+        import pyarrow.parquet as pq
+
+        p = {"epoch": 0, "file": 0, "group": 0, "row": 0, **(position or {})}
+        while True:
+            while p["file"] < len(self.files):
+                pf = pq.ParquetFile(self.files[p["file"]])
+                while p["group"] < self.row_groups[p["file"]]:
+                    texts = pf.read_row_group(p["group"], columns=["text"]).column("text").to_pylist()
+                    while p["row"] < len(texts):
+                        p["row"] += 1
+                        yield texts[p["row"] - 1], dict(p)
+                    p["group"], p["row"] = p["group"] + 1, 0
+                p["file"], p["group"] = p["file"] + 1, 0
+            if not loop:
+                return
+            p = {"epoch": p["epoch"] + 1, "file": 0, "group": 0, "row": 0}
+
+    def split(self, val_fraction: float) -> tuple["ParquetSource", "ParquetSource"]:
+        """The last shard is validation (nanochat's rule); val_fraction does not apply."""
+        if len(self.files) < 2:
+            raise ValueError(f"{self.name}: need at least two parquet shards (the last one is validation), or give --val-data")
+        return ParquetSource(self.files[:-1], self.name), ParquetSource(self.files[-1:], f"{self.files[-1]} (validation)")
+
+
+def open_source(path: str | Path):
+    """One source from a path: parquet shard(s) or text file(s)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data path {path} does not exist")
+    if path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
+        files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+        return ParquetSource(files, str(path))
+    return read_text_files(path)
+
+
+def train_val_sources(data: str | None, val_data: str | None = None, val_fraction: float = 0.05):
+    """The training and validation sources for a run: the bundled corpus when `data` is None."""
+    if data is None:
+        if val_data is not None:
+            return bundled_corpus()[0], open_source(val_data)
+        return bundled_corpus()
+    if val_data is not None:
+        return open_source(data), open_source(val_data)
+    return open_source(data).split(val_fraction)

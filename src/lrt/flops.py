@@ -1,0 +1,35 @@
+"""Training FLOPs, counting every pass a schedule runs (LRT_SPEC section 5: matched compute).
+
+Per computed token: 6 x (matrix parameters touched) for forward + backward, plus attention
+12 x n_head x head_dim x (keys attended). A schedule computes each position once per pass that
+covers it (interleaved S=2: twice), so its FLOPs follow from its plan.
+"""
+
+from __future__ import annotations
+
+from .config import LRTConfig
+from .model import parameter_counts
+from .schedules import Schedule, checked_plan
+
+
+def matrix_params_per_token(config: LRTConfig) -> int:
+    """Parameters multiplied per token: all but the embedding tables (lookups cost no FLOPs)."""
+    embeddings = config.vocab_size * config.n_embd + config.vocab_size * config.kv_dim * sum(
+        config.has_value_embed(l) for l in range(config.n_layer)
+    )
+    return parameter_counts(config).total - embeddings
+
+
+def keys_attended(config: LRTConfig, t: int) -> int:
+    return sum(t + 1 if config.window(l) is None else min(t, config.window(l)) + 1 for l in range(config.n_layer))
+
+
+def training_flops_per_sequence(config: LRTConfig, schedule: Schedule, T: int) -> float:
+    """Forward + backward FLOPs of one sequence of length T under `schedule`."""
+    dense = 6 * matrix_params_per_token(config)
+    attention = 12 * config.n_head * config.head_dim
+    total = 0.0
+    for steps in checked_plan(schedule, T):
+        for step in steps:
+            total += len(step.positions) * dense + attention * sum(keys_attended(config, t) for t in step.positions)
+    return total

@@ -1,0 +1,80 @@
+"""Optimizers and the learning-rate schedule (nanochat's recipe).
+
+`muon`: torch.optim.Muon for the 2-D hidden matrices (attention, MLP, gates, the pathway's Wk/Wv),
+AdamW for the embeddings, the LM head and the scalars, with AdamW rates scaled by 1/sqrt(d/768).
+`adamw`: one AdamW for everything, the simple choice for small CPU runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "muon"  # muon | adamw
+    matrix_lr: float = 0.02  # Muon
+    embedding_lr: float = 0.2
+    unembedding_lr: float = 0.004
+    scalar_lr: float = 0.5
+    adamw_lr: float = 1e-3  # the single rate of optimizer="adamw"
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    warmdown_ratio: float = 0.2  # fraction of the run over which the rate decays linearly
+    final_lr_frac: float = 0.0
+
+    def __post_init__(self):
+        if self.optimizer not in ("muon", "adamw"):
+            raise ValueError(f"optimizer must be 'muon' or 'adamw', got {self.optimizer!r}")
+        if not 0 <= self.warmdown_ratio <= 1:
+            raise ValueError(f"warmdown_ratio must be in [0, 1], got {self.warmdown_ratio}")
+
+
+def parameter_groups(model) -> dict[str, list[torch.nn.Parameter]]:
+    """Split parameters by role: embeddings, head, scalars, hidden matrices."""
+    groups = {"embedding": [], "unembedding": [], "scalar": [], "matrix": []}
+    for name, p in model.named_parameters():
+        if name.startswith(("wte.", "value_embeds.")):
+            groups["embedding"].append(p)
+        elif name.startswith("lm_head."):
+            groups["unembedding"].append(p)
+        elif p.ndim < 2:
+            groups["scalar"].append(p)
+        else:
+            groups["matrix"].append(p)
+    return groups
+
+
+def build_optimizers(model, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+    groups = parameter_groups(model)
+    if cfg.optimizer == "adamw":
+        return [torch.optim.AdamW(model.parameters(), lr=cfg.adamw_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)]
+    scale = (model.config.n_embd / 768) ** -0.5
+    adam_groups = [
+        dict(params=groups["embedding"], lr=cfg.embedding_lr * scale),
+        dict(params=groups["unembedding"], lr=cfg.unembedding_lr * scale),
+        dict(params=groups["scalar"], lr=cfg.scalar_lr * scale),
+    ]
+    adam = torch.optim.AdamW([g for g in adam_groups if g["params"]], betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)
+    muon = torch.optim.Muon(groups["matrix"], lr=cfg.matrix_lr, momentum=0.95, weight_decay=cfg.weight_decay)
+    return [adam, muon]
+
+
+def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Linear warmup, constant, then linear warmdown to final_lr_frac over the last warmdown_ratio."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    warmdown = round(cfg.warmdown_ratio * total_steps)
+    if warmdown == 0 or step < total_steps - warmdown:
+        return 1.0
+    progress = (total_steps - step) / warmdown
+    return progress + (1 - progress) * cfg.final_lr_frac
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * multiplier

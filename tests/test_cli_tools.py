@@ -1,0 +1,33 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lrt import checkpoint
+from lrt.cli import main
+from lrt.tokenizer import BPETokenizer
+
+
+def test_bpe_tokenizer_trains_and_travels_with_the_checkpoint(tmp_path, capsys):
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n\n".join(f"Passage {i}: the quick brown fox jumps over the lazy dog. " * 8 for i in range(60)))
+    tok_path = tmp_path / "tok.json"
+    assert main(["tokenizer", "train", "--data", str(data), "--vocab-size", "300", "--out", str(tok_path)]) == 0
+    assert "bytes/token" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--eval-tokens", "128",
+                 "--data", str(data), "--tokenizer", str(tok_path), "--out", str(out), "--no-final-decode"]) == 0
+    model, tok, record = checkpoint.load_model(out)
+    assert isinstance(tok, BPETokenizer) and record["tokenizer"] == {"kind": "bpe", "file": "tokenizer.json"}
+    assert model.config.vocab_size == tok.vocab_size <= 300
+
+
+def test_download_shards_from_a_local_mirror(tmp_path, capsys):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"text": [f"shard {i}"]}), mirror / f"shard_{i:05d}.parquet")
+    out = tmp_path / "shards"
+    assert main(["download", "shards", "--num", "2", "--out", str(out), "--base-url", mirror.as_uri()]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["shard_00000.parquet", "shard_00001.parquet"]
+    assert main(["download", "shards", "--num", "3", "--out", str(out), "--base-url", mirror.as_uri()]) == 2
+    assert "could not download" in capsys.readouterr().err
+    assert not list(out.glob("*.part"))

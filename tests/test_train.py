@@ -1,0 +1,117 @@
+import hashlib
+import json
+
+import pytest
+
+from lrt import checkpoint
+from lrt.cli import main
+from lrt.optim import OptimConfig
+from lrt.plots import read_metrics
+from lrt.train import Trainer, TrainConfig
+
+
+def tiny(out, **overrides) -> TrainConfig:
+    base = dict(out=str(out), preset="tiny", steps=6, batch_size=4, eval_every=3, eval_tokens=256, save_every=3,
+                keep=10, final_decode=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("schedule, optimizer, dtype", [
+    ("interleaved", "muon", "float32"),
+    ("baseline", "adamw", "bfloat16"),
+])
+def test_resuming_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, schedule, optimizer, dtype):
+    kw = dict(schedule=schedule, optim=OptimConfig(optimizer=optimizer, warmup_steps=2), dtype=dtype)
+    Trainer(tiny(tmp_path / "a", **kw)).train(progress=False)
+
+    original = Trainer.train_step
+
+    def crash_after_step_4(self):
+        loss = original(self)
+        if self.step == 4:
+            raise Crash
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", crash_after_step_4)
+    with pytest.raises(Crash):
+        Trainer(tiny(tmp_path / "b", **kw)).train(progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "b")] == ["step_000003"]
+    Trainer(tiny(tmp_path / "b", **kw), resume=str(tmp_path / "b")).train(progress=False)
+
+    a, b = read_metrics(tmp_path / "a/metrics.jsonl"), read_metrics(tmp_path / "b/metrics.jsonl")
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
+    assert [r["step"] for r in b] == [r["step"] for r in a]  # the crashed step 4 was not logged twice
+    assert strip(b) == strip(a)  # losses and validation BPBs, bit for bit
+
+
+def test_cli_train_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--steps", "3", "--batch-size", "2", "--eval-every", "2",
+                 "--eval-tokens", "128", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["val_bpb"] > 0
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "metrics.jsonl").exists()
+    record = checkpoint.read_record(checkpoint.resolve(out))
+    assert record["config"]["injection"] == "kv+residual" and record["train_config"]["schedule"] == "interleaved"
+    final = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "final"][0]
+    assert final["val_bpb_decode"] > 0 and len(final["val_bpb_passes"]) == 3
+    # continue the run for two more steps: flags given on resume override its saved config
+    assert main(["train", "--resume", str(out), "--steps", "5"]) == 0
+    assert checkpoint.resolve(out).name == "step_000005"
+
+
+def _digest(run):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("good")
+    assert main(["train", "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--eval-tokens", "128",
+                 "--out", str(out), "--no-final-decode"]) == 0
+    return out
+
+
+def _bad_inputs(tmp, good):
+    (tmp / "empty.txt").write_text("")
+    (tmp / "latin1.txt").write_bytes(b"caf\xe9")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"content": ["x"]}), tmp / "no_text.parquet")
+    corrupt = tmp / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "checkpoint.json").write_text("{")
+    return {
+        "missing data": (["--data", str(tmp / "nope")], "does not exist"),
+        "empty data": (["--data", str(tmp / "empty.txt")], "holds no text"),
+        "not utf-8": (["--data", str(tmp / "latin1.txt")], "not UTF-8"),
+        "no text column": (["--data", str(tmp / "no_text.parquet")], "no 'text' column"),
+        "unknown preset": (["--preset", "huge"], "preset must be one of"),
+        "unknown schedule": (["--schedule", "jacobi"], "schedule must be one of"),
+        "seq len too short": (["--seq-len", "1"], "seq_len must be an integer >= 2"),
+        "subsets beyond seq len": (["--seq-len", "8", "--subsets", "9"], r"subsets must be in 1\.\.8"),
+        "corrupt checkpoint": (["--resume", str(corrupt)], "corrupt"),
+        "config mismatch": (["--resume", str(good), "--set", "n_embd=128", "--set", "n_head=1", "--set", "n_kv_head=1"],
+                            "config does not match"),
+        "existing run": (["--out", str(good)], "already holds checkpoints"),
+        "unknown model field": (["--set", "n_layers=3"], "unknown model field"),
+    }
+
+
+def test_bad_input_gives_one_line_and_exit_2_and_never_touches_a_good_checkpoint(tmp_path, good_run, capsys):
+    before = _digest(good_run)
+    for name, (args, match) in _bad_inputs(tmp_path, good_run).items():
+        base = ["train", "--preset", "tiny", "--steps", "1", "--out", str(tmp_path / name.replace(" ", "_"))]
+        code = main(base + args)
+        err = capsys.readouterr().err.strip()
+        assert code == 2, name
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, (name, err)
+        assert __import__("re").search(match, err), (name, err)
+    assert _digest(good_run) == before
