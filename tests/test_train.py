@@ -2,10 +2,11 @@ import hashlib
 import json
 
 import pytest
+import torch
 
 from lrt import checkpoint
 from lrt.cli import main
-from lrt.optim import OptimConfig
+from lrt.optim import OptimConfig, lr_multiplier
 from lrt.plots import read_metrics
 from lrt.train import Trainer, TrainConfig
 
@@ -115,3 +116,24 @@ def test_bad_input_gives_one_line_and_exit_2_and_never_touches_a_good_checkpoint
         assert len(err.splitlines()) == 1 and "Traceback" not in err, (name, err)
         assert __import__("re").search(match, err), (name, err)
     assert _digest(good_run) == before
+
+
+def test_gradient_accumulation_equals_one_larger_batch(tmp_path):
+    """2 micro-batches of 2 rows take the same step as one batch of the same 4 rows."""
+    a = Trainer(tiny(tmp_path / "a", batch_size=4, grad_accum=1, optim=OptimConfig(optimizer="adamw")))
+    b = Trainer(tiny(tmp_path / "b", batch_size=2, grad_accum=2, optim=OptimConfig(optimizer="adamw")))
+    b.model.load_state_dict(a.model.state_dict())
+    a.train_step()
+    b.train_step()
+    assert a.tokens == b.tokens
+    for (name, pa_), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        torch.testing.assert_close(pa_, pb, rtol=0, atol=1e-6, msg=name)
+
+
+def test_learning_rate_schedule():
+    cfg = OptimConfig(warmup_steps=4, warmdown_ratio=0.5, final_lr_frac=0.1)
+    lrs = [lr_multiplier(s, 20, cfg) for s in range(20)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0] and lrs[4:10] == [1.0] * 6
+    assert lrs[10] == 1.0 and lrs[-1] == pytest.approx(0.1 + 0.9 / 10)
+    assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))
+    assert [lr_multiplier(s, 10, OptimConfig(warmdown_ratio=0.0)) for s in (0, 9)] == [1.0, 1.0]
