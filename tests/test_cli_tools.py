@@ -31,3 +31,21 @@ def test_download_shards_from_a_local_mirror(tmp_path, capsys):
     assert main(["download", "shards", "--num", "3", "--out", str(out), "--base-url", mirror.as_uri()]) == 2
     assert "could not download" in capsys.readouterr().err
     assert not list(out.glob("*.part"))
+
+
+def test_download_core_bundle_from_a_local_mirror(tmp_path, capsys):
+    import zipfile
+
+    from helpers import LM_ITEMS, write_core_bundle
+
+    source = write_core_bundle(tmp_path / "eval_bundle", {"lm": ("language_modeling", 0, LM_ITEMS)})
+    archive = tmp_path / "eval_bundle.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in source.rglob("*"):
+            z.write(f, f.relative_to(tmp_path))
+    out = tmp_path / "data" / "bundle"
+    assert main(["download", "core-bundle", "--out", str(out), "--url", archive.as_uri()]) == 0
+    assert (out / "core.yaml").exists() and (out / "eval_data/sub/lm.jsonl").exists()
+    (tmp_path / "junk.zip").write_text("not a zip")
+    assert main(["download", "core-bundle", "--out", str(tmp_path / "b2"), "--url", (tmp_path / "junk.zip").as_uri()]) == 2
+    assert "not a zip archive" in capsys.readouterr().err

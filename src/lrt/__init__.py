@@ -1,7 +1,9 @@
 """lrt: the Latent Recurrent Transformer (arXiv 2605.26797) in PyTorch."""
 
 from .config import LRTConfig
-from .decoding import DecodeState
+from .decoding import DecodeState, Generation
+from .evaluate import BPBResult, evaluate_bpb
+from .evaluate.core import CoreResult, evaluate_core
 from .model import LRT, ParameterCounts, parameter_counts
 from .schedules import Baseline, Chunked, Interleaved, MultiRefine, Schedule, ScheduleOutput, Sequential, Step
 
@@ -11,6 +13,11 @@ __all__ = [
     "LRT",
     "LRTConfig",
     "DecodeState",
+    "Generation",
+    "BPBResult",
+    "evaluate_bpb",
+    "CoreResult",
+    "evaluate_core",
     "ParameterCounts",
     "parameter_counts",
     "Schedule",

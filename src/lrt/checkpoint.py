@@ -160,6 +160,8 @@ def load_model(path, device: str | torch.device = "cpu"):
     path = resolve(path)
     record = read_record(path)
     config = LRTConfig.from_dict(record["config"])
+    if not record.get("tokenizer"):
+        raise ValueError(f"checkpoint {path} names no tokenizer")
     tokenizer = tokenizer_from_reference(record["tokenizer"], path)
     with torch.device("meta"):
         model = LRT(config)

@@ -174,6 +174,123 @@ def cmd_download_shards(args) -> None:
         print(path)
 
 
+# lrt eval bpb / lrt eval core / lrt generate --------------------------------------------------------
+
+
+def load_checkpoint(args):
+    """(model, tokenizer, record, training config) of the checkpoint or run folder args.checkpoint."""
+    from . import checkpoint
+    from .train import TrainConfig, resolve_device
+
+    model, tokenizer, record = checkpoint.load_model(args.checkpoint, resolve_device(args.device))
+    return model, tokenizer, record, TrainConfig.from_dict(record.get("train_config", {}))
+
+
+def describe(model) -> str:
+    c = model.config
+    if c.injection == "none":
+        return f"baseline transformer, {c.n_layer} layers, d={c.n_embd}"
+    return f"LRT {c.injection} {c.projection}, source layer {c.source_layer}, {c.n_layer} layers, d={c.n_embd}"
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=1))
+
+
+def cmd_eval_bpb(args) -> None:
+    from .data import open_source, train_val_sources, validation_rows
+    from .evaluate import evaluate_bpb
+    from .schedules import checked_plan, describe_pass
+
+    model, tok, record, train_cfg = load_checkpoint(args)
+    source = open_source(args.data) if args.data else train_val_sources(train_cfg.data, train_cfg.val_data)[1]
+    seq_len = args.seq_len or model.config.sequence_len
+    rows = validation_rows(source, tok, seq_len, args.tokens)
+    schedule = train_cfg.make_schedule()
+    modes = ("zero", "schedule") if args.no_decode else ("zero", "schedule", "decode")
+    result = evaluate_bpb(model, rows, tok.token_bytes(), schedule, modes, args.batch_size, args.bucket, progress=True)
+    print(f"checkpoint {record.get('step')} steps: {describe(model)}; training schedule: {train_cfg.schedule}")
+    print(f"data: {source.name}, {rows.size(0)} rows x {seq_len} tokens, {result.bytes:,} bytes")
+    lines = []
+    if result.merged is not None:
+        for i, (steps, bpb) in enumerate(zip(checked_plan(schedule, seq_len), result.passes)):
+            lines.append((f"pass {i} ({describe_pass(steps, seq_len)})", bpb))
+        lines.append(("merged (each position from its last pass)", result.merged))
+    if result.decode is not None:
+        lines.append(("exact decoding (what generation gets)", result.decode))
+    lines.append(("zero memory" + (" (ablation)" if model.config.injection != "none" else ""), result.zero))
+    for label, value in lines:
+        print(f"  {label:<60} {value:.4f} BPB")
+    if result.gap is not None:
+        print(f"  {'train/decode gap (merged - decoding)':<60} {result.gap:+.4f}")
+    if result.decode_buckets:
+        print("decoding BPB by position: " + ", ".join(f"{a}-{b}: {v:.3f}" for a, b, v in result.decode_buckets))
+    write_json(args.json, {"checkpoint": str(args.checkpoint), "data": source.name, "rows": rows.size(0),
+                           "seq_len": seq_len, **dataclasses.asdict(result), "gap": result.gap})
+
+
+def cmd_eval_core(args) -> None:
+    from .evaluate.core import evaluate_core
+
+    model, tok, record, train_cfg = load_checkpoint(args)
+    schedule = train_cfg.make_schedule() if args.memory == "parallel" else None
+    result = evaluate_core(model, tok, args.bundle, args.memory, schedule, args.max_per_task)
+    print(f"CORE of {describe(model)}, prompts read with {args.memory} memory"
+          + (f" ({train_cfg.schedule} schedule)" if schedule else ""))
+    print(f"  {'task':<34}{'type':<19}{'items':>6}{'accuracy':>10}{'centered':>10}")
+    for t in result.tasks:
+        print(f"  {t.label:<34}{t.kind:<19}{t.items:>6}{t.accuracy:>10.4f}{t.centered:>10.4f}")
+    print(f"CORE = {result.core:.4f}")
+    write_json(args.json, {"checkpoint": str(args.checkpoint), "memory": args.memory, "core": result.core,
+                           "tasks": [dataclasses.asdict(t) for t in result.tasks]})
+
+
+def cmd_generate(args) -> None:
+    from .decoding import generate
+
+    model, tok, record, train_cfg = load_checkpoint(args)
+    texts = list(args.prompt or [])
+    if args.prompt_file:
+        texts += [line for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
+    if not texts:
+        raise ValueError("give a prompt with --prompt or --prompt-file")
+    if not all(texts):
+        raise ValueError("the prompt is empty: generation continues a text, give it at least one character")
+    prompts = [[tok.bos_id] + tok.encode(t) for t in texts]  # documents start with BOS in training
+    stream = len(prompts) == 1 and not args.quiet
+    printed = [""]
+
+    def on_token(b, token, generated=[]):  # noqa: B006 - the stream's running text
+        generated.append(token)
+        text = tok.decode(generated)
+        if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
+            print(text[len(printed[0]):], end="", flush=True)
+            printed[0] = text
+
+    if stream:
+        print(texts[0], end="", flush=True)
+    result = generate(model, prompts, args.max_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+                      tok.bos_id, args.prefill, train_cfg.make_schedule(), args.tol, on_token if stream else None)
+    completions = [tok.decode(t) for t in result.tokens]
+    if stream:
+        print(completions[0][len(printed[0]):])
+    elif not args.quiet:
+        for text, completion in zip(texts, completions):
+            print(f"=== {text!r}\n{text}{completion}\n")
+    print(f"[prefill {args.prefill}: {result.prefill_passes} passes; stopped: {', '.join(result.stopped)}]", file=sys.stderr)
+    write_json(args.json, {"prefill": args.prefill, "prefill_passes": result.prefill_passes,
+                           "results": [{"prompt": t, "completion": c, "tokens": len(ids), "stopped": s}
+                                       for t, c, ids, s in zip(texts, completions, result.tokens, result.stopped)]})
+
+
+def cmd_download_core(args) -> None:
+    from .data.download import download_core_bundle
+
+    print(download_core_bundle(args.out, args.url))
+
+
 # lrt demo -----------------------------------------------------------------------------------------
 
 
@@ -220,6 +337,46 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="tokenizer.json")
     t.set_defaults(run=cmd_tokenizer_train)
 
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    esub = p.add_subparsers(dest="eval_command", required=True, parser_class=Parser)
+    e = esub.add_parser("bpb", help="bits per byte: per pass and merged, exact decoding, zero memory")
+    e.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
+    e.add_argument("--data", default=None, help="text file(s) or parquet shards (default: the run's validation split)")
+    e.add_argument("--tokens", type=int, default=65536, help="tokens to evaluate")
+    e.add_argument("--seq-len", type=int, default=None, help="row length (default: the model's sequence_len)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--bucket", type=int, default=64, help="position bucket of the decoding breakdown")
+    e.add_argument("--no-decode", action="store_true", help="skip the exact decoding BPB (the slow one)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    e.set_defaults(run=cmd_eval_bpb)
+    e = esub.add_parser("core", help="the CORE suite (DCLM tasks as nanochat) from a local bundle")
+    e.add_argument("checkpoint")
+    e.add_argument("--bundle", required=True, help="folder with core.yaml, eval_meta_data.csv, eval_data/")
+    e.add_argument("--memory", choices=["zero", "parallel", "exact"], default="exact",
+                   help="how prompts are read: m=0, the training schedule, or token-by-token recurrence")
+    e.add_argument("--max-per-task", type=int, default=None, help="items per task (quick runs)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", metavar="PATH")
+    e.set_defaults(run=cmd_eval_core)
+
+    p = sub.add_parser("generate", help="sample text with the true recurrence")
+    p.add_argument("checkpoint")
+    p.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
+    p.add_argument("--prompt-file", help="one prompt per line")
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prefill", choices=["exact", "parallel", "fixed-point"], default="exact",
+                   help="how the prompt is read before generating")
+    p.add_argument("--tol", type=float, default=1e-4, help="fixed-point prefill: stop when memory moves less")
+    p.add_argument("--quiet", action="store_true", help="print nothing but the JSON/stderr summary")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", metavar="PATH")
+    p.set_defaults(run=cmd_generate)
+
     p = sub.add_parser("download", help="fetch data for users with internet (never needed by the demo or tests)")
     dsub = p.add_subparsers(dest="download_command", required=True, parser_class=Parser)
     d = dsub.add_parser("shards", help="FineWeb-Edu parquet shards in nanochat's layout")
@@ -227,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="data/fineweb-edu")
     d.add_argument("--base-url", default=None, help="where shard_00000.parquet etc. live")
     d.set_defaults(run=cmd_download_shards)
+    d = dsub.add_parser("core-bundle", help="the CORE eval bundle (core.yaml, eval_meta_data.csv, eval_data/)")
+    d.add_argument("--out", default="data/eval_bundle")
+    d.add_argument("--url", default=None)
+    d.set_defaults(run=cmd_download_core)
 
     p = sub.add_parser("demo", help="train a small LRT and its baseline on the bundled corpus (CPU, ~5 min)")
     p.add_argument("--out", default="runs/demo", help="folder of the two runs and the plot")

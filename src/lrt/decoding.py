@@ -1,5 +1,12 @@
 """Recurrent decoding (LRT_SPEC section 3): a KV cache plus one memory vector per sequence,
-and one forward per token."""
+one forward per token, and the three honest ways of reading a prompt first.
+
+Prefill modes:
+- `exact`: the prompt token by token, the true recurrence (the reference);
+- `parallel`: the training schedule's passes over the prompt (its approximation of the memory);
+- `fixed-point`: full parallel passes, each fed the previous pass's source states, until the
+  source states change by less than `tol`; exact after at most prompt-length passes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from .attention import KVBuffer
+from .schedules import Schedule, Sequential, Step, checked_plan, run_step
+
+PREFILL_MODES = ("exact", "parallel", "fixed-point")
 
 
 @dataclass
@@ -61,35 +71,146 @@ def decode(model, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
     return torch.stack([step(model, idx[:, t], state) for t in range(T)], dim=1)
 
 
-def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row of logits (B, V): greedy at temperature 0, else softmax sampling from
-    the top_k most likely tokens."""
+# prefill ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prefill:
+    state: DecodeState
+    logits: torch.Tensor  # (B, vocab): next-token logits after each prompt
+    passes: int  # passes run: the schedule's (parallel), full passes (fixed-point), prompt length (exact)
+
+
+@torch.no_grad()
+def prefill(model, prompts: list[list[int]], max_len: int, mode: str = "exact", schedule: Schedule | None = None,
+            tol: float = 1e-4, max_passes: int | None = None) -> Prefill:
+    """Read a batch of prompts (lengths may differ) into a decoding state of capacity max_len."""
+    if mode not in PREFILL_MODES:
+        raise ValueError(f"prefill mode must be one of {PREFILL_MODES}, got {mode!r}")
+    if mode == "parallel" and schedule is None:
+        raise ValueError("parallel prefill needs the training schedule")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    device = model.wte.weight.device
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    T = int(lengths.max())
+    if T > max_len:
+        raise ValueError(f"a prompt of {T} tokens does not fit max_len={max_len}")
+    # right padding: every step is causal in position, so padding never reaches a prompt token
+    idx = torch.tensor([p + [p[-1]] * (T - len(p)) for p in prompts], device=device)
+    buffer = KVBuffer(model.config.n_layer, T, inplace=True)
+    if mode == "fixed-point":
+        h, passes = _fixed_point(model, idx, buffer, tol, max_passes or T)
+    else:
+        plan = checked_plan(Sequential() if mode == "exact" else schedule, T)
+        h = None
+        for steps in plan:
+            for s in steps:
+                pos, h_step = run_step(model, idx, s, buffer)
+                h = h_step.new_empty(idx.size(0), T, h_step.size(-1)) if h is None else h
+                h[:, pos] = h_step  # the last pass computing a position wins
+        passes = len(plan) if mode == "parallel" else T
+    rows = torch.arange(len(prompts), device=device)
+    last = lengths - 1
+    state = new_state(model, len(prompts), max_len)
+    for layer in range(model.config.n_layer):
+        state.cache.write_kv(layer, torch.arange(T, device=device), buffer.k[layer], buffer.v[layer], full=False)
+    state.memory = buffer.source[rows, last]
+    state.pos = lengths.clone()
+    state.length = T
+    return Prefill(state, model.head(h[rows, last]), passes)
+
+
+def _fixed_point(model, idx, buffer: KVBuffer, tol: float, max_passes: int):
+    """Full passes, each fed the previous one's source states, until they move by at most tol."""
+    T = idx.size(1)
+    _, h = run_step(model, idx, Step(range(T), "zero"), buffer)
+    passes = 1
+    while passes < max_passes:
+        previous = buffer.source
+        _, h = run_step(model, idx, Step(range(T)), buffer)
+        passes += 1
+        if (buffer.source - previous).abs().max() <= tol:
+            break
+    return h, passes
+
+
+# sampling and generation --------------------------------------------------------------------------
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token per row of logits (B, V): greedy at temperature 0; otherwise sampling from the
+    softmax restricted to the top_k tokens and to the smallest set whose mass reaches top_p."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        mass_before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # the top token always stays
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
+@dataclass
+class Generation:
+    tokens: list[list[int]]  # generated tokens per prompt (the stop token excluded)
+    stopped: list[str]  # per prompt: "stop" (end of text), "max_tokens" or "window"
+    prefill_passes: int
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
 @torch.no_grad()
-def generate(model, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             seed: int = 0, stop_token: int | None = None) -> list[int]:
-    """Continue one prompt with the true recurrence: the prompt token by token, then one forward
-    per generated token, each reading and updating the memory."""
-    if not prompt:
-        raise ValueError("the prompt is empty")
+def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, seed: int = 0, stop_token: int | None = None, prefill_mode: str = "exact",
+             schedule: Schedule | None = None, tol: float = 1e-4, on_token=None) -> Generation:
+    """Continue a batch of prompts with the true recurrence: each generated token is one forward
+    that reads and updates the memory. Generation stops at `stop_token`, after max_new_tokens, or
+    at the model's window (config.sequence_len). `on_token(index, token)` streams the tokens."""
+    check_sampling(temperature, top_k, top_p, max_new_tokens)
+    window = model.config.sequence_len
+    for p in prompts:
+        if len(p) == 0:
+            raise ValueError("the prompt is empty")
+        if len(p) > window:
+            raise ValueError(f"a prompt of {len(p)} tokens is longer than the model's window of {window} tokens")
+    longest = max(len(p) for p in prompts)
+    max_len = min(longest + max_new_tokens, window)
+    pre = prefill(model, prompts, max_len, prefill_mode, schedule, tol)
     device = model.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    state = new_state(model, 1, len(prompt) + max_new_tokens)
-    for token in prompt:
-        logits = step(model, torch.tensor([token], device=device), state)
-    out = []
+    out = [[] for _ in prompts]
+    stopped = [""] * len(prompts)
+    state, logits = pre.state, pre.logits
     for _ in range(max_new_tokens):
-        token = sample(logits, temperature, top_k, generator)
-        if stop_token is not None and token.item() == stop_token:
+        tokens = sample(logits, temperature, top_k, top_p, generator)
+        for b, token in enumerate(tokens.tolist()):
+            if stopped[b]:
+                continue
+            if token == stop_token:
+                stopped[b] = "stop"
+                continue
+            out[b].append(token)
+            if on_token is not None:
+                on_token(b, token)
+            if len(prompts[b]) + len(out[b]) >= window:
+                stopped[b] = "window"
+        if all(stopped) or state.length >= state.max_len:
             break
-        out.append(token.item())
-        logits = step(model, token, state)
-    return out
+        logits = step(model, tokens, state)
+    stopped = [s or ("max_tokens" if len(o) >= max_new_tokens else "window") for s, o in zip(stopped, out)]
+    return Generation(out, stopped, pre.passes)

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .decoding import generate
 from .flops import training_flops_per_sequence
 from .model import parameter_counts
 from .optim import OptimConfig
@@ -102,10 +101,10 @@ def run_demo(settings: DemoSettings, progress: bool = True, log=print) -> dict:
         "baseline_bpb_equal_flops": runs["baseline"]["summary"]["val_bpb"],
     }
     tok = lrt.tokenizer
-    prompt = tok.encode(PROMPT)
+    prompt = [tok.bos_id] + tok.encode(PROMPT)
     report["samples"] = {
-        name: PROMPT + tok.decode(generate(r["trainer"].model, prompt, s.sample_bytes, temperature=0.8, top_k=50,
-                                           stop_token=tok.bos_id))
+        name: PROMPT + tok.decode(r["trainer"].model.generate([prompt], s.sample_bytes, temperature=0.8, top_k=50,
+                                                              stop_token=tok.bos_id).tokens[0])
         for name, r in runs.items()
     }
     plot_runs({"LRT interleaved S=2": runs["lrt"]["metrics"], "baseline": runs["baseline"]["metrics"]},

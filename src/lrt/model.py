@@ -233,6 +233,10 @@ class LRT(nn.Module):
     def decode(self, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
         return decoding.decode(self, idx, zero_memory)
 
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, **options) -> decoding.Generation:
+        """Sample continuations of token-id prompts; options as `lrt.decoding.generate`."""
+        return decoding.generate(self, prompts, max_new_tokens, **options)
+
 
 # parameter accounting ----------------------------------------------------------------------------
 

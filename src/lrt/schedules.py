@@ -170,21 +170,26 @@ def read_memory(buffer: KVBuffer, pos: torch.Tensor, mode: str) -> torch.Tensor 
     return torch.where(reads.unsqueeze(-1), previous, 0.0)
 
 
+def run_step(model, idx: torch.Tensor, step: Step, buffer: KVBuffer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compute one step's positions of `idx` (B, T) over `buffer`: (positions, final hidden states)."""
+    T = idx.size(1)
+    r = step.positions
+    pos = torch.arange(r.start, r.stop, r.step, device=idx.device)
+    full = r == range(T)
+    memory = read_memory(buffer, pos, step.memory)
+    h, source = model.forward_positions(idx[:, pos], pos, memory, buffer, full=full)
+    buffer.write_source(pos, source, full)
+    return pos, h
+
+
 def run_schedule(model, idx, targets, schedule: Schedule, return_logits: bool = True) -> ScheduleOutput:
     B, T = idx.shape
-    passes = checked_plan(schedule, T)
     buffer = KVBuffer(model.config.n_layer, T)
-    arange = torch.arange(T, device=idx.device)
     losses, pass_logits = [], []
-    for steps in passes:
+    for steps in checked_plan(schedule, T):
         nll, count, parts = 0.0, 0, []
         for step in steps:
-            r = step.positions
-            pos = arange[r.start : r.stop : r.step]
-            full = r == range(T)
-            memory = read_memory(buffer, pos, step.memory)
-            h, source = model.forward_positions(idx[:, pos], pos, memory, buffer, full=full)
-            buffer.write_source(pos, source, full)
+            pos, h = run_step(model, idx, step, buffer)
             logits = model.head(h)
             if targets is not None:
                 tgt = targets[:, pos]
@@ -214,6 +219,16 @@ def merge_logits(pass_logits: list[tuple[torch.Tensor, torch.Tensor]], T: int) -
         covered[pos] = True
     order = torch.cat(kept_pos).argsort()
     return torch.cat(kept_logits, dim=1)[:, order]
+
+
+def describe_pass(steps, T: int) -> str:
+    """A short description of a pass, e.g. 'zero memory, all positions'."""
+    memory = {"zero": "zero memory", "previous": "memory from the buffer", "boundary": "memory at chunk starts"}
+    if len(steps) > 1:
+        return f"{len(steps)} sequential steps, {memory[steps[0].memory]}"
+    r = steps[0].positions
+    where = "all positions" if r == range(T) else f"positions t mod {r.step} == {r.start}" if r.step > 1 else f"positions {r.start}..{r.stop - 1}"
+    return f"{memory[steps[0].memory]}, {where}"
 
 
 SCHEDULE_NAMES = ("baseline", "interleaved", "multirefine", "chunked", "sequential")

@@ -88,6 +88,9 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    def make_schedule(self):
+        return make_schedule(self.schedule, self.subsets, self.passes, self.chunk)
+
     def model_config(self, vocab_size: int) -> LRTConfig:
         """The preset, the schedule's implication (baseline = plain transformer), then overrides."""
         d = preset_config(self.preset)
@@ -115,7 +118,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg.tokenizer)
         self.config = cfg.model_config(self.tokenizer.vocab_size)
         self.seq_len = self.config.sequence_len
-        self.schedule = make_schedule(cfg.schedule, cfg.subsets, cfg.passes, cfg.chunk)
+        self.schedule = cfg.make_schedule()
         checked_plan(self.schedule, self.seq_len)  # a schedule the sequence cannot take fails now
         if cfg.schedule != "baseline" and self.config.injection == "none":
             raise ValueError(f"schedule {cfg.schedule} needs a recurrent pathway, but the model has injection='none'")

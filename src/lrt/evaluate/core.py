@@ -1,0 +1,233 @@
+"""CORE (the DCLM few-shot suite as nanochat runs it), scored with a chosen memory mode.
+
+A bundle directory holds `core.yaml` (`icl_tasks`: label, icl_task_type, dataset_uri,
+num_fewshot, continuation_delimiter), `eval_meta_data.csv` (each task's random baseline in
+percent) and `eval_data/<dataset_uri>` jsonl files. Three kinds of task:
+- multiple_choice {query, choices, gold}: one prompt per choice; the choice with the lowest mean
+  loss over its answer tokens (after the prefix all prompts share) is the prediction;
+- schema {context_options, continuation, gold}: one prompt per context; lowest mean loss over the
+  shared continuation wins;
+- language_modeling {context, continuation}: correct iff every continuation token is the argmax.
+Few-shot examples are drawn deterministically per item, never the item itself. Accuracy is
+centered against the random baseline, (acc - rb) / (1 - rb); CORE is the mean over tasks.
+
+How the model reads each prompt is the memory mode: `zero` (m = 0, a parallel forward),
+`parallel` (the training schedule's passes) or `exact` (token-by-token recurrence).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+TASK_FIELDS = {
+    "multiple_choice": ("query", "choices", "gold"),
+    "schema": ("context_options", "continuation", "gold"),
+    "language_modeling": ("context", "continuation"),
+}
+MEMORY_MODES = ("zero", "parallel", "exact")
+
+
+@dataclass
+class Task:
+    label: str
+    kind: str
+    path: Path
+    num_fewshot: int
+    delimiter: str
+    random_baseline: float  # a fraction
+
+
+def load_bundle(bundle: str | Path) -> list[Task]:
+    import yaml
+
+    bundle = Path(bundle)
+    for name in ("core.yaml", "eval_meta_data.csv"):
+        if not (bundle / name).is_file():
+            raise FileNotFoundError(f"CORE bundle {bundle} has no {name}")
+    try:
+        spec = yaml.safe_load((bundle / "core.yaml").read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{bundle / 'core.yaml'} is not valid YAML ({e})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("icl_tasks"), list):
+        raise ValueError(f"{bundle / 'core.yaml'} has no icl_tasks list")
+    with open(bundle / "eval_meta_data.csv", newline="") as f:
+        baselines = {row["Eval Task"]: float(row["Random baseline"]) for row in csv.DictReader(f)}
+    tasks = []
+    for entry in spec["icl_tasks"]:
+        label, kind = entry.get("label"), entry.get("icl_task_type")
+        if kind not in TASK_FIELDS:
+            raise ValueError(f"task {label!r}: unknown icl_task_type {kind!r} (known: {', '.join(TASK_FIELDS)})")
+        if label not in baselines:
+            raise ValueError(f"task {label!r} has no random baseline in {bundle / 'eval_meta_data.csv'}")
+        path = bundle / "eval_data" / entry["dataset_uri"]
+        if not path.is_file():
+            raise FileNotFoundError(f"task {label!r}: data file {path} is missing")
+        fewshot = entry.get("num_fewshot", [0])
+        tasks.append(Task(label, kind, path, int(fewshot[0] if isinstance(fewshot, list) else fewshot),
+                          entry.get("continuation_delimiter", " "), baselines[label] / 100))
+    return tasks
+
+
+def load_items(task: Task) -> list[dict]:
+    items = []
+    with open(task.path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{task.path}, line {n}: malformed JSON ({e.msg})") from None
+            missing = [k for k in TASK_FIELDS[task.kind] if k not in item]
+            if missing:
+                raise ValueError(f"{task.path}, line {n}: a {task.kind} item needs {', '.join(missing)}")
+            items.append(item)
+    if not items:
+        raise ValueError(f"{task.path} holds no items")
+    return items
+
+
+# prompts ------------------------------------------------------------------------------------------
+
+
+def render(kind: str, item: dict, delimiter: str, fewshot: list[dict]) -> list[str]:
+    """The prompts of one item (multiple choice: one per choice; schema: one per context option;
+    language modeling: [without continuation, with continuation])."""
+    if kind == "multiple_choice":
+        shots = "".join(f"{ex['query']}{delimiter}{ex['choices'][ex['gold']]}\n\n" for ex in fewshot)
+        return [f"{shots}{item['query']}{delimiter}{choice}" for choice in item["choices"]]
+    if kind == "schema":
+        shots = "".join(f"{ex['context_options'][ex['gold']]}{delimiter}{ex['continuation']}\n\n" for ex in fewshot)
+        return [f"{shots}{option}{delimiter}{item['continuation']}" for option in item["context_options"]]
+    shots = "".join(f"{ex['context'].strip()}{delimiter}{ex['continuation']}\n\n" for ex in fewshot)
+    context = f"{shots}{item['context'].strip()}{delimiter}"
+    return [context.strip(), context + item["continuation"]]
+
+
+def _common_length(seqs: list[list[int]], from_end: bool = False) -> int:
+    n = 0
+    while n < min(map(len, seqs)) and len({s[-1 - n] if from_end else s[n] for s in seqs}) == 1:
+        n += 1
+    return n
+
+
+def answer_regions(kind: str, seqs: list[list[int]]) -> list[tuple[int, int]]:
+    """[start, end) of the scored tokens of each prompt."""
+    if kind == "multiple_choice":
+        start = _common_length(seqs)
+        return [(min(start, len(s) - 1), len(s)) for s in seqs]
+    if kind == "schema":
+        n = _common_length(seqs, from_end=True)
+        return [(len(s) - max(n, 1), len(s)) for s in seqs]
+    without, with_ = seqs
+    return [(_common_length([without, with_]), len(with_))]
+
+
+@dataclass
+class ItemScore:
+    correct: bool
+    scores: list[float] = field(default_factory=list)  # mean loss per option (multiple choice, schema)
+
+
+def score_item(kind: str, prompts: list[str], gold: int | None, encode, bos: int, max_len: int,
+               logits_fn: Callable[[torch.Tensor], torch.Tensor]) -> ItemScore:
+    seqs = [[bos] + encode(p) for p in prompts]
+    regions = answer_regions(kind, seqs)
+    if kind == "language_modeling":
+        seqs = seqs[1:]  # only the prompt with the continuation is run
+    # keep the last max_len tokens of each prompt
+    crops = [max(0, len(s) - max_len) for s in seqs]
+    seqs = [s[c:] for s, c in zip(seqs, crops)]
+    regions = [(max(1, a - c), b - c) for (a, b), c in zip(regions, crops)]
+    width = max(map(len, seqs))
+    idx = torch.tensor([s + [bos] * (width - len(s)) for s in seqs])
+    logits = logits_fn(idx).float().cpu()
+    if kind == "language_modeling":
+        a, b = regions[0]
+        predicted = logits[0, a - 1 : b - 1].argmax(-1)
+        return ItemScore(bool((predicted == idx[0, a:b]).all()))
+    losses = [F.cross_entropy(logits[i, a - 1 : b - 1], idx[i, a:b]).item() for i, (a, b) in enumerate(regions)]
+    return ItemScore(min(range(len(losses)), key=losses.__getitem__) == gold, losses)
+
+
+# tasks and the suite ------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskResult:
+    label: str
+    kind: str
+    items: int
+    accuracy: float
+    centered: float
+    random_baseline: float
+
+
+@dataclass
+class CoreResult:
+    memory: str
+    tasks: list[TaskResult]
+
+    @property
+    def core(self) -> float:
+        return sum(t.centered for t in self.tasks) / len(self.tasks)
+
+
+def evaluate_task(task: Task, encode, bos: int, max_len: int, logits_fn, max_items: int | None = None,
+                  progress: bool = False, items: list[dict] | None = None) -> TaskResult:
+    items = list(items if items is not None else load_items(task))
+    random.Random(1337).shuffle(items)
+    if max_items is not None:
+        items = items[:max_items]
+    correct = 0
+    for i, item in enumerate(tqdm(items, desc=task.label, disable=not progress, leave=False)):
+        others = [j for j in range(len(items)) if j != i]
+        shots = [items[j] for j in random.Random(1234 + i).sample(others, min(task.num_fewshot, len(others)))]
+        prompts = render(task.kind, item, task.delimiter, shots)
+        correct += score_item(task.kind, prompts, item.get("gold"), encode, bos, max_len, logits_fn).correct
+    accuracy = correct / len(items)
+    rb = task.random_baseline
+    return TaskResult(task.label, task.kind, len(items), accuracy, (accuracy - rb) / (1 - rb), rb)
+
+
+def memory_logits_fn(model, memory: str, schedule=None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How the model reads a batch of prompts: zero memory, the training schedule, or exact decoding."""
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+    if memory == "parallel" and schedule is None:
+        raise ValueError("memory='parallel' needs the training schedule")
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def logits_fn(idx):
+        idx = idx.to(device)
+        if memory == "zero":
+            return model(idx)
+        if memory == "parallel":
+            return model(idx, schedule=schedule).logits
+        return model.decode(idx)
+
+    return logits_fn
+
+
+def evaluate_core(model, tokenizer, bundle: str | Path, memory: str = "exact", schedule=None,
+                  max_per_task: int | None = None, progress: bool = True) -> CoreResult:
+    """CORE of `model`, reading every prompt with the given memory mode."""
+    tasks = load_bundle(bundle)
+    items = {t.label: load_items(t) for t in tasks}  # every file is checked before any scoring starts
+    logits_fn = memory_logits_fn(model, memory, schedule)
+    results = [
+        evaluate_task(t, tokenizer.encode, tokenizer.bos_id, model.config.sequence_len, logits_fn, max_per_task,
+                      progress, items[t.label])
+        for t in tqdm(tasks, desc=f"CORE ({memory} memory)", disable=not progress)
+    ]
+    return CoreResult(memory, results)

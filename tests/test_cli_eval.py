@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from lrt import checkpoint
+from lrt.cli import main
+from helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, write_core_bundle
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--eval-tokens", "128",
+                 "--out", str(out), "--no-final-decode"]) == 0
+    return out
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return write_core_bundle(tmp_path / "bundle", {
+        "mc": ("multiple_choice", 1, MC_ITEMS), "schema": ("schema", 1, SCHEMA_ITEMS), "lm": ("language_modeling", 2, LM_ITEMS),
+    }, baselines={"mc": 25.0, "schema": 50.0})
+
+
+def test_eval_bpb(run, tmp_path, capsys):
+    report = tmp_path / "bpb.json"
+    assert main(["eval", "bpb", str(run), "--tokens", "256", "--bucket", "32", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    for text in ("pass 0 (zero memory, all positions)", "merged", "exact decoding", "zero memory (ablation)",
+                 "train/decode gap", "decoding BPB by position: 0-31"):
+        assert text in out
+    numbers = json.loads(report.read_text())
+    assert len(numbers["passes"]) == 3 and numbers["gap"] == pytest.approx(numbers["merged"] - numbers["decode"])
+    assert numbers["rows"] == 4 and len(numbers["decode_buckets"]) == 2
+
+
+def test_eval_bpb_on_other_text(run, tmp_path, capsys):
+    data = tmp_path / "other.txt"
+    data.write_text("Some other text to score. " * 40)
+    assert main(["eval", "bpb", str(run), "--data", str(data), "--tokens", "128", "--no-decode"]) == 0
+    assert "exact decoding" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("memory", ["zero", "parallel", "exact"])
+def test_eval_core(run, bundle, tmp_path, capsys, memory):
+    report = tmp_path / "core.json"
+    assert main(["eval", "core", str(run), "--bundle", str(bundle), "--memory", memory, "--max-per-task", "2",
+                 "--json", str(report)]) == 0
+    assert "CORE = " in capsys.readouterr().out
+    numbers = json.loads(report.read_text())
+    assert numbers["memory"] == memory and [t["items"] for t in numbers["tasks"]] == [2, 2, 2]
+
+
+def test_generate_streams_and_batches(run, tmp_path, capsys):
+    report = tmp_path / "gen.json"
+    assert main(["generate", str(run), "--prompt", "To be", "--max-tokens", "5", "--temperature", "0",
+                 "--json", str(report)]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(report.read_text())["results"][0]
+    assert captured.out == "To be" + result["completion"] + "\n"
+    assert "prefill exact" in captured.err and result["tokens"] == 5
+    assert main(["generate", str(run), "--prompt", "To be", "--prompt", "Or not", "--max-tokens", "4",
+                 "--prefill", "fixed-point", "--top-p", "0.9", "--json", str(report)]) == 0
+    assert len(json.loads(report.read_text())["results"]) == 2
+    assert "=== 'Or not'" in capsys.readouterr().out
+
+
+def test_bad_input(run, bundle, tmp_path, capsys):
+    record_path = checkpoint.resolve(run) / "checkpoint.json"
+    no_tokenizer = tmp_path / "no_tok"
+    no_tokenizer.mkdir()
+    for f in checkpoint.resolve(run).iterdir():
+        (no_tokenizer / f.name).write_bytes(f.read_bytes())
+    record = json.loads(record_path.read_text())
+    del record["tokenizer"]
+    (no_tokenizer / "checkpoint.json").write_text(json.dumps(record))
+    broken = tmp_path / "broken_bundle"
+    write_core_bundle(broken, {"lm": ("language_modeling", 0, LM_ITEMS)})
+    (broken / "eval_data/sub/lm.jsonl").write_text('{"context": "a", "continuation": "b"}\nnot json\n')
+    unknown = tmp_path / "unknown_bundle"
+    write_core_bundle(unknown, {"lm": ("ranking", 0, LM_ITEMS)})
+    cases = {
+        "missing bundle": (["eval", "core", str(run), "--bundle", str(tmp_path / "nothing")], "has no core.yaml"),
+        "unknown task type": (["eval", "core", str(run), "--bundle", str(unknown)], "unknown icl_task_type"),
+        "malformed jsonl": (["eval", "core", str(run), "--bundle", str(broken)], r"lm\.jsonl, line 2"),
+        "empty prompt": (["generate", str(run), "--prompt", ""], "the prompt is empty|give a prompt"),
+        "long prompt": (["generate", str(run), "--prompt", "x" * 100], "longer than the model's window of 64"),
+        "no tokenizer": (["eval", "bpb", str(no_tokenizer)], "names no tokenizer"),
+        "missing checkpoint": (["generate", str(tmp_path / "nope"), "--prompt", "a"], "does not exist"),
+    }
+    for name, (args, match) in cases.items():
+        code = main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, name
+        assert len(err) == 1 and __import__("re").search(match, err[0]), (name, err)

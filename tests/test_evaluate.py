@@ -1,0 +1,178 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lrt
+from lrt.evaluate import evaluate_bpb
+from lrt.evaluate.core import evaluate_task, load_bundle, render
+from lrt.tokenizer import ByteTokenizer
+from helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, random_model, tiny_config, write_core_bundle
+
+TOK = ByteTokenizer()
+
+
+def _rows(n=4, T=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, 256, (n, T + 1), generator=g)
+    rows[:, 0] = TOK.bos_id
+    rows[1, 4] = TOK.bos_id  # a document boundary inside a row: its target carries no bytes
+    return rows
+
+
+def _bpb(logits, rows):
+    y = rows[:, 1:]
+    nats = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+    nbytes = TOK.token_bytes()[y.flatten()]
+    return (nats * (nbytes > 0)).sum().item() / (math.log(2) * nbytes.sum().item())
+
+
+def test_decoding_bpb_equals_sequential_teacher_forced_bpb():
+    model = random_model(tiny_config(vocab_size=257))
+    rows = _rows()
+    x = rows[:, :-1]
+    result = evaluate_bpb(model, rows, TOK.token_bytes(), lrt.Interleaved(subsets=8), batch_size=3, bucket=3)
+    with torch.no_grad():
+        sequential = model(x, schedule=lrt.Sequential()).logits
+        zero = model(x)
+    assert result.decode == pytest.approx(_bpb(sequential, rows), rel=1e-5)
+    assert result.merged == pytest.approx(result.decode, rel=1e-5)  # S = T is exact
+    assert result.zero == pytest.approx(_bpb(zero, rows), rel=1e-6)
+    assert result.passes[0] == pytest.approx(result.zero, rel=1e-6)  # pass 0 is the zero-memory forward
+    assert result.bytes == 4 * 8 - 1 and result.tokens == 32
+    assert [(a, b) for a, b, _ in result.decode_buckets] == [(0, 2), (3, 5), (6, 7)]
+    assert result.gap == pytest.approx(0, abs=1e-5)
+
+
+def test_per_pass_bpb_scores_each_pass_on_its_own_positions():
+    model = random_model(tiny_config(vocab_size=257))
+    rows = _rows()
+    result = evaluate_bpb(model, rows, TOK.token_bytes(), lrt.Interleaved(subsets=2), modes=("schedule",))
+    with torch.no_grad():
+        out = model(rows[:, :-1], schedule=lrt.Interleaved(subsets=2))
+    pos, logits = out.pass_logits[2]  # odd positions
+    assert pos.tolist() == [1, 3, 5, 7]
+    sub = torch.cat([rows[:, :1], rows[:, 1:][:, pos]], 1)
+    assert result.passes[2] == pytest.approx(_bpb(logits, sub), rel=1e-6)
+    assert result.decode is None and result.zero is None
+
+
+def test_baseline_models_report_only_zero_memory_bpb():
+    model = random_model(tiny_config(vocab_size=257, injection="none"))
+    result = evaluate_bpb(model, _rows(), TOK.token_bytes(), lrt.Baseline())
+    assert result.zero is not None and result.merged is None and result.decode is None and result.gap is None
+
+
+# CORE ---------------------------------------------------------------------------------------------
+
+
+def oracle(known_texts):
+    """A stand-in model that has memorised some prompts: where a row so far is a prefix of a known
+    prompt it puts all weight on that prompt's next token, elsewhere it is uniform."""
+    known = [[TOK.bos_id] + TOK.encode(t) for t in known_texts]
+
+    def logits_fn(idx):
+        out = torch.zeros(idx.size(0), idx.size(1), TOK.vocab_size)
+        for b, row in enumerate(idx.tolist()):
+            for t in range(len(row)):
+                for g in known:
+                    if len(g) > t + 1 and g[: t + 1] == row[: t + 1]:
+                        out[b, t, g[t + 1]] = 30.0
+                        break
+        return out
+
+    return logits_fn
+
+
+def _bundle(tmp_path):
+    return write_core_bundle(tmp_path, {
+        "mc": ("multiple_choice", 0, MC_ITEMS),
+        "schema": ("schema", 0, SCHEMA_ITEMS),
+        "lm": ("language_modeling", 0, LM_ITEMS),
+    }, baselines={"mc": 25.0, "schema": 50.0, "lm": 0.0})
+
+
+def test_core_scoring_of_hand_built_items(tmp_path):
+    tasks = {t.label: t for t in load_bundle(_bundle(tmp_path))}
+    assert tasks["mc"].random_baseline == 0.25 and tasks["mc"].delimiter == " "
+    known = []
+    for i, item in enumerate(MC_ITEMS):  # right on three items, wrong on the last
+        answer = item["gold"] if i < 3 else (item["gold"] + 1) % 4
+        known.append(render("multiple_choice", item, " ", [])[answer])
+    known += [render("schema", SCHEMA_ITEMS[0], " ", [])[0], render("schema", SCHEMA_ITEMS[1], " ", [])[1]]
+    known += [render("language_modeling", item, " ", [])[1] for item in LM_ITEMS[:2]]
+    known.append("The capital... " + LM_ITEMS[2]["context"] + " green")
+    fn = oracle(known)
+    results = {label: evaluate_task(t, TOK.encode, TOK.bos_id, 256, fn) for label, t in tasks.items()}
+    assert results["mc"].accuracy == 0.75 and results["mc"].centered == pytest.approx((0.75 - 0.25) / 0.75)
+    assert results["schema"].accuracy == 0.5 and results["schema"].centered == pytest.approx(0.0)
+    assert results["lm"].accuracy == pytest.approx(2 / 3) and results["lm"].centered == pytest.approx(2 / 3)
+    core = lrt.evaluate.core.CoreResult("exact", list(results.values())).core
+    assert core == pytest.approx(((0.75 - 0.25) / 0.75 + 0.0 + 2 / 3) / 3)
+
+
+def test_language_modeling_needs_every_continuation_token():
+    item = {"context": "abc", "continuation": "xyz"}
+    fn = oracle(["abc xyQ"])  # right on x and y, wrong on z
+    assert lrt.evaluate.core.score_item("language_modeling", render("language_modeling", item, " ", []), None,
+                                        TOK.encode, TOK.bos_id, 64, fn).correct is False
+    assert lrt.evaluate.core.score_item("language_modeling", render("language_modeling", item, " ", []), None,
+                                        TOK.encode, TOK.bos_id, 64, oracle(["abc xyz"])).correct is True
+
+
+def test_fewshot_examples_exclude_the_item_and_tolerate_small_tasks(tmp_path):
+    bundle = write_core_bundle(tmp_path, {"lm": ("language_modeling", 10, LM_ITEMS)})
+    seen = []
+
+    def spy(idx):
+        seen.append(TOK.decode(idx[0].tolist()))
+        return torch.zeros(idx.size(0), idx.size(1), TOK.vocab_size)
+
+    result = evaluate_task(load_bundle(bundle)[0], TOK.encode, TOK.bos_id, 4096, spy)
+    assert result.items == 3 and len(seen) == 3
+    for prompt in seen:  # two shots (all the others), then the item: each context appears once
+        assert sum(prompt.count(item["context"]) for item in LM_ITEMS) == 3
+        assert prompt.count("\n\n") == 2
+
+
+@pytest.mark.parametrize("memory", ["zero", "parallel", "exact"])
+def test_core_runs_a_real_model_in_every_memory_mode(tmp_path, memory):
+    model = random_model(tiny_config(vocab_size=257, sequence_len=64))
+    result = lrt.evaluate_core(model, TOK, _bundle(tmp_path), memory, lrt.Interleaved(subsets=2), progress=False)
+    assert len(result.tasks) == 3 and -3 <= result.core <= 1
+
+
+def test_core_parallel_with_an_exact_schedule_matches_exact(tmp_path):
+    model = random_model(tiny_config(vocab_size=257, sequence_len=64))
+    bundle = _bundle(tmp_path)
+    exact = lrt.evaluate_core(model, TOK, bundle, "exact", progress=False)
+    parallel = lrt.evaluate_core(model, TOK, bundle, "parallel", lrt.Sequential(), progress=False)
+    assert [t.accuracy for t in exact.tasks] == [t.accuracy for t in parallel.tasks]
+
+
+@pytest.mark.parametrize("breakage, error, match", [
+    (lambda root: (root / "core.yaml").unlink(), FileNotFoundError, "has no core.yaml"),
+    (lambda root: (root / "eval_data/sub/mc.jsonl").unlink(), FileNotFoundError, "mc.jsonl is missing"),
+    (lambda root: (root / "core.yaml").write_text((root / "core.yaml").read_text().replace("schema\n", "ranking\n")),
+     ValueError, "unknown icl_task_type 'ranking'"),
+    (lambda root: (root / "eval_meta_data.csv").write_text("Eval Task,Random baseline\nmc,25\n"), ValueError,
+     "no random baseline"),
+], ids=["no-yaml", "no-data", "unknown-type", "no-baseline"])
+def test_bad_bundles(tmp_path, breakage, error, match):
+    root = _bundle(tmp_path)
+    breakage(root)
+    with pytest.raises(error, match=match):
+        load_bundle(root)
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    root = _bundle(tmp_path)
+    path = root / "eval_data/sub/lm.jsonl"
+    path.write_text(path.read_text() + '{"context": "x", \n')
+    task = [t for t in load_bundle(root) if t.label == "lm"][0]
+    with pytest.raises(ValueError, match=r"lm\.jsonl, line 4: malformed JSON"):
+        evaluate_task(task, TOK.encode, TOK.bos_id, 64, lambda idx: None)
+    path.write_text('{"context": "x"}\n')
+    with pytest.raises(ValueError, match=r"line 1: a language_modeling item needs continuation"):
+        evaluate_task(task, TOK.encode, TOK.bos_id, 64, lambda idx: None)
