@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +55,35 @@ class PassContext:
 
     buffer: KVBuffer
     pos: torch.Tensor  # (Tq,) or (B, Tq): original positions of the computed tokens
+    span: range | None  # the same positions as a range, when every sequence computes the same ones
     full: bool  # computes positions 0..T-1 of a fresh buffer: plain causal attention
     kv_len: int | None  # attend to the first kv_len buffer positions (None: all)
     cos: torch.Tensor
     sin: torch.Tensor
+    masks: dict = field(default_factory=dict)  # built once per pass, shared by the layers
+
+    def _mask(self, window: int | None, query_pos: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        key_pos = torch.arange(lo, hi, device=query_pos.device)
+        query_pos = query_pos.unsqueeze(-1)  # (..., Tq, 1)
+        allowed = key_pos <= query_pos
+        if window is not None:
+            allowed = allowed & (query_pos - key_pos <= window)
+        return allowed.unsqueeze(1) if allowed.dim() == 3 else allowed  # per-sequence: (B, 1, Tq, Tk)
+
+    def _blocks(self, window: int | None, n_keys: int):
+        """Query blocks with the key slice each needs: a block of positions up to p attends to
+        keys <= p only, so slicing the keys skips work a dense mask would do and discard."""
+        if (window, n_keys) not in self.masks:
+            n = len(self.span)
+            size = max(32, -(-n // 8))  # at most 8 blocks of at least 32 queries
+            blocks = []
+            for a in range(0, n, size):
+                b = min(a + size, n)
+                hi = min(self.span[b - 1] + 1, n_keys)
+                lo = 0 if window is None else max(0, self.span[a] - window)
+                blocks.append((a, b, lo, hi, self._mask(window, self.pos[a:b], lo, hi)))
+            self.masks[(window, n_keys)] = blocks
+        return self.masks[(window, n_keys)]
 
     def attend(self, layer: int, window: int | None, q, k, v) -> torch.Tensor:
         keys, values = self.buffer.write_kv(layer, self.pos, k, v, self.full)
@@ -66,11 +91,13 @@ class PassContext:
             keys, values = keys[:, :, : self.kv_len], values[:, :, : self.kv_len]
         if self.full and window is None:
             return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
-        key_pos = torch.arange(keys.size(2), device=q.device)
-        query_pos = self.pos.unsqueeze(-1)  # (..., Tq, 1)
-        allowed = key_pos <= query_pos
-        if window is not None:
-            allowed = allowed & (query_pos - key_pos <= window)
-        if allowed.dim() == 3:  # per-sequence positions: (B, Tq, Tk) -> (B, 1, Tq, Tk)
-            allowed = allowed.unsqueeze(1)
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=True)
+        if self.span is None:  # per-sequence positions (decoding): one masked call
+            if window not in self.masks:
+                self.masks[window] = self._mask(window, self.pos, 0, keys.size(2))
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.masks[window], enable_gqa=True)
+        outs = [
+            F.scaled_dot_product_attention(q[:, :, a:b], keys[:, :, lo:hi], values[:, :, lo:hi], attn_mask=mask,
+                                           enable_gqa=True)
+            for a, b, lo, hi, mask in self._blocks(window, keys.size(2))
+        ]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

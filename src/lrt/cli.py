@@ -13,6 +13,7 @@ from pathlib import Path
 from .config import LRTConfig
 from .model import parameter_counts
 from .optim import OptimConfig
+from .runtime import keep_freed_memory
 from .schedules import SCHEDULE_NAMES
 
 
@@ -291,6 +292,31 @@ def cmd_download_core(args) -> None:
     print(download_core_bundle(args.out, args.url))
 
 
+# lrt bench ----------------------------------------------------------------------------------------
+
+
+def cmd_bench_train(args) -> None:
+    from .bench import bench_train, format_train
+    from .train import resolve_device
+
+    report = bench_train(args.config, args.schedules.split(",") if args.schedules else None, args.repeats, args.warmup,
+                         args.batch_size, args.seq_len, args.dtype, str(resolve_device(args.device)), args.compile,
+                         progress=lambda msg: print(msg, file=sys.stderr))
+    print(format_train(report))
+    write_json(args.json, report)
+
+
+def cmd_bench_decode(args) -> None:
+    from .bench import bench_decode, format_decode
+    from .train import resolve_device
+
+    batches = tuple(int(b) for b in args.batch.split(","))
+    report = bench_decode(args.config, batches, args.tokens, args.prompt_len, args.repeats,
+                          str(resolve_device(args.device)), args.dtype, progress=lambda msg: print(msg, file=sys.stderr))
+    print(format_decode(report))
+    write_json(args.json, report)
+
+
 # lrt demo -----------------------------------------------------------------------------------------
 
 
@@ -377,6 +403,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH")
     p.set_defaults(run=cmd_generate)
 
+    p = sub.add_parser("bench", help="speed and memory of LRT against the baseline, in one process")
+    bsub = p.add_subparsers(dest="bench_command", required=True, parser_class=Parser)
+    b = bsub.add_parser("train", help="training step time, FLOP ratio and memory per schedule")
+    b.add_argument("--config", default="demo", help="demo, wide (d=768, 4 layers), d12 or d20")
+    b.add_argument("--schedules", default=None, help="comma-separated subset of the benchmarked schedules")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--batch-size", type=int, default=None)
+    b.add_argument("--seq-len", type=int, default=None)
+    b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--compile", action="store_true")
+    b.add_argument("--json", metavar="PATH")
+    b.set_defaults(run=cmd_bench_train)
+    b = bsub.add_parser("decode", help="per-token decoding latency and prefill time")
+    b.add_argument("--config", default="wide")
+    b.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
+    b.add_argument("--tokens", type=int, default=64)
+    b.add_argument("--prompt-len", type=int, default=64)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--json", metavar="PATH")
+    b.set_defaults(run=cmd_bench_decode)
+
     p = sub.add_parser("download", help="fetch data for users with internet (never needed by the demo or tests)")
     dsub = p.add_subparsers(dest="download_command", required=True, parser_class=Parser)
     d = dsub.add_parser("shards", help="FineWeb-Edu parquet shards in nanochat's layout")
@@ -399,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()
     try:
         args = build_parser().parse_args(argv)
         args.run(args)

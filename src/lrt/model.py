@@ -75,7 +75,7 @@ class Attention(nn.Module):
             if memory is not None:
                 mem_kv = self.mem_kv(memory) if self.mem_kv is not None else shared_mem_kv
                 k_mem, v_mem = mem_kv.view(B, T, 2 * self.n_kv_head, self.head_dim).chunk(2, dim=2)
-                k, v = k + mem * k_mem, v + mem * v_mem
+                k, v = torch.addcmul(k, mem, k_mem), torch.addcmul(v, mem, v_mem)
         q, k = norm(rotate(q, ctx.cos, ctx.sin)), norm(rotate(k, ctx.cos, ctx.sin))
         y = ctx.attend(self.layer, self.window, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -105,8 +105,8 @@ class Block(nn.Module):
     def forward(self, x, x0, ve, memory, shared_mem_kv, ctx: PassContext):
         if self.resid_scale is not None:
             x = self.resid_scale * x + self.x0_scale * x0
-        if self.mem_scale is not None and memory is not None:  # Residual Injection
-            x = x + self.mem_scale * memory
+        if self.mem_scale is not None and memory is not None:  # Residual Injection: x + g_l m
+            x = torch.addcmul(x, self.mem_scale, memory)
         x = x + self.attn(norm(x), ve, memory, shared_mem_kv, ctx)
         return x + self.mlp(norm(x))
 
@@ -172,13 +172,15 @@ class LRT(nn.Module):
         buffer: KVBuffer,
         full: bool = False,
         kv_len: int | None = None,
+        span: range | None = None,
     ):
         """Compute tokens `idx` (B, Tq) at positions `pos` ((Tq,) or (B, Tq)) with memory `memory`
         (B, Tq, d; None is zero memory), attending to `buffer`, into which their keys and values are
-        written. Returns the final normed hidden states and the normed source states (B, Tq, d)."""
+        written. `span` repeats 1-D positions as a range (it lets attention skip keys no query
+        needs). Returns the final normed hidden states and the normed source states (B, Tq, d)."""
         cfg = self.config
         x = x0 = norm(self.wte(idx))
-        ctx = PassContext(buffer, pos, full, kv_len, *self.rotary(pos, x.dtype))
+        ctx = PassContext(buffer, pos, span, full, kv_len, *self.rotary(pos, x.dtype))
         shared_mem_kv = self.mem_kv(memory) if self.mem_kv is not None and memory is not None else None
         source = None
         for layer, block in enumerate(self.blocks):
@@ -214,7 +216,7 @@ class LRT(nn.Module):
         if targets is None and schedule is None:
             T = idx.size(1)
             pos = torch.arange(T, device=idx.device)
-            h, _ = self.forward_positions(idx, pos, None, KVBuffer(self.config.n_layer, T), full=True)
+            h, _ = self.forward_positions(idx, pos, None, KVBuffer(self.config.n_layer, T), full=True, span=range(T))
             return self.head(h)
         return run_schedule(self, idx, targets, schedule or Baseline(), return_logits)
 

@@ -159,15 +159,20 @@ class ScheduleOutput:
     logits: torch.Tensor | None  # (B, T, V), each position from the last pass that computed it
 
 
-def read_memory(buffer: KVBuffer, pos: torch.Tensor, mode: str) -> torch.Tensor | None:
-    """m_t = buffer source state at t-1 for the positions the mode lets read; zero elsewhere."""
-    if mode == "zero" or buffer.source is None:
+def read_memory(buffer: KVBuffer, step: Step) -> torch.Tensor | None:
+    """m_t = the buffer's source state at t-1 where the step's memory mode reads it, else 0.
+    Positions form a range, so the reads are a strided slice of the buffer (no gather)."""
+    r = step.positions
+    if step.memory == "zero" or buffer.source is None or (step.memory == "boundary" and r.start == 0):
         return None
-    reads = pos >= 1
-    if mode == "boundary":
-        reads = reads & (pos == pos[0])
-    previous = buffer.source[:, (pos - 1).clamp(min=0)]
-    return torch.where(reads.unsqueeze(-1), previous, 0.0)
+    source = buffer.source
+    if step.memory == "boundary":  # only the first position reads; the rest of the chunk gets 0
+        first = source[:, r.start - 1 : r.start]
+        return torch.cat([first, first.new_zeros(first.size(0), len(r) - 1, first.size(2))], dim=1)
+    if r.start >= 1:
+        return source[:, r.start - 1 : r.stop - 1 : r.step]
+    rest = source[:, r.step - 1 : r.stop - 1 : r.step]  # m_0 = 0 for position 0
+    return torch.cat([rest.new_zeros(rest.size(0), 1, rest.size(2)), rest], dim=1)
 
 
 def run_step(model, idx: torch.Tensor, step: Step, buffer: KVBuffer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,8 +181,8 @@ def run_step(model, idx: torch.Tensor, step: Step, buffer: KVBuffer) -> tuple[to
     r = step.positions
     pos = torch.arange(r.start, r.stop, r.step, device=idx.device)
     full = r == range(T)
-    memory = read_memory(buffer, pos, step.memory)
-    h, source = model.forward_positions(idx[:, pos], pos, memory, buffer, full=full)
+    memory = read_memory(buffer, step)
+    h, source = model.forward_positions(idx[:, pos], pos, memory, buffer, full=full, span=r)
     buffer.write_source(pos, source, full)
     return pos, h
 

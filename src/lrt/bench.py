@@ -1,0 +1,270 @@
+"""`lrt bench`: what LRT costs next to the baseline, measured in one process on one machine.
+
+Every measurement is repeated in rounds that visit the baseline and each LRT variant in turn,
+so machine noise lands on all of them alike; we report medians, the spread (min-max), and
+ratios of medians to the baseline.
+
+- train: time of a forward+backward, and of a whole step with the optimizer, per schedule; the
+  ideal FLOP ratio of each schedule (from its plan); activation memory (bytes saved for backward,
+  exact on any device) and, on CUDA, the allocator's peak.
+- decode: per-token latency of the KV-cache + memory step for baseline, LRT-shared and
+  LRT-layerwise at several batch sizes; prefill time of the three prefill modes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .config import LRTConfig
+from .decoding import prefill
+from .flops import training_flops_per_sequence
+from .model import LRT, parameter_counts
+from .optim import OptimConfig, build_optimizers
+from .schedules import Baseline, Chunked, Interleaved, MultiRefine
+
+# benchmark configurations: the demo model, a wider CPU model, and nanochat's d12/d20 for GPUs
+CONFIGS = {
+    "demo": dict(model=dict(n_layer=4, n_embd=256, n_head=4, n_kv_head=4, sequence_len=256, vocab_size=257), batch=8),
+    "wide": dict(model=dict(n_layer=4, n_embd=768, n_head=6, n_kv_head=6, sequence_len=256, vocab_size=257), batch=8),
+    "d12": dict(model=dict(n_layer=12, n_embd=768, n_head=6, n_kv_head=6, sequence_len=2048, vocab_size=32768), batch=16),
+    "d20": dict(model=dict(n_layer=20, n_embd=1280, n_head=10, n_kv_head=10, sequence_len=2048, vocab_size=32768), batch=16),
+}
+TRAIN_SCHEDULES = {
+    "baseline": Baseline(),
+    "interleaved S=2": Interleaved(subsets=2),
+    "interleaved S=4": Interleaved(subsets=4),
+    "multirefine K=1": MultiRefine(passes=1),
+    "chunked C=64": Chunked(chunk=64),
+}
+
+
+def bench_config(name: str, **overrides) -> tuple[LRTConfig, int]:
+    if name not in CONFIGS:
+        raise ValueError(f"config must be one of {', '.join(CONFIGS)}, got {name!r}")
+    spec = CONFIGS[name]
+    return LRTConfig(**{**spec["model"], **overrides}), spec["batch"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Timing:
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def as_dict(self) -> dict:
+        return {"median": self.median, "min": min(self.samples), "max": max(self.samples), "samples": self.samples}
+
+
+def activation_bytes(model, fn) -> int:
+    """Bytes of the tensors autograd keeps for backward during fn(), parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn()
+    loss.backward()
+    return sum(kept.values())
+
+
+def bench_train(config: str = "demo", schedules: list[str] | None = None, repeats: int = 5, warmup: int = 1,
+                batch: int | None = None, seq_len: int | None = None, dtype: str = "float32", device: str = "cpu",
+                compile: bool = False, progress=print) -> dict:
+    names = schedules or list(TRAIN_SCHEDULES)
+    unknown = [n for n in names if n not in TRAIN_SCHEDULES]
+    if unknown or "baseline" not in names:
+        raise ValueError(f"schedules must include baseline and come from {list(TRAIN_SCHEDULES)}, got {names}")
+    device = torch.device(device)
+    overrides = {"sequence_len": seq_len} if seq_len else {}
+    lrt_config, default_batch = bench_config(config, **overrides)
+    batch = batch or default_batch
+    T = lrt_config.sequence_len
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, lrt_config.vocab_size, (batch, T + 1), generator=g).to(device)
+    x, y = data[:, :-1], data[:, 1:]
+    runs = {}
+    for name in names:
+        cfg = LRTConfig(**{**lrt_config.to_dict(), "injection": "none"}) if name == "baseline" else lrt_config
+        torch.manual_seed(0)
+        model = LRT(cfg).to(device)
+        forward = torch.compile(model) if compile else model
+        runs[name] = dict(model=model, forward=forward, schedule=TRAIN_SCHEDULES[name],
+                          optimizers=build_optimizers(model, OptimConfig()), fb=[], step=[])
+
+    def loss_of(run):
+        with autocast:
+            return run["forward"](x, y, schedule=run["schedule"], return_logits=False).loss
+
+    def forward_backward(run):
+        loss_of(run).backward()
+
+    def full_step(run):
+        forward_backward(run)
+        for opt in run["optimizers"]:
+            opt.step()
+        for opt in run["optimizers"]:
+            opt.zero_grad(set_to_none=True)
+
+    for round_ in range(warmup + repeats):
+        for name, run in runs.items():
+            fb = _timed(lambda: forward_backward(run), device)
+            run["model"].zero_grad(set_to_none=True)
+            st = _timed(lambda: full_step(run), device)
+            if round_ >= warmup:
+                run["fb"].append(fb)
+                run["step"].append(st)
+        if progress:
+            progress(f"round {round_ + 1}/{warmup + repeats}" + (" (warmup)" if round_ < warmup else ""))
+
+    base_flops = training_flops_per_sequence(runs["baseline"]["model"].config, Baseline(), T)
+    results = {}
+    for name, run in runs.items():
+        model = run["model"]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            start = torch.cuda.memory_allocated(device)
+        act = activation_bytes(model, lambda: loss_of(run))
+        model.zero_grad(set_to_none=True)
+        peak = torch.cuda.max_memory_allocated(device) - start if device.type == "cuda" else None
+        results[name] = {
+            "forward_backward": Timing(run["fb"]).as_dict(),
+            "step": Timing(run["step"]).as_dict(),
+            "ideal_flop_ratio": training_flops_per_sequence(model.config, run["schedule"], T) / base_flops,
+            "activation_bytes": act,
+            "cuda_peak_bytes": peak,
+            "params": parameter_counts(model).total,
+        }
+    base = results["baseline"]
+    for r in results.values():
+        r["ratio_forward_backward"] = r["forward_backward"]["median"] / base["forward_backward"]["median"]
+        r["ratio_step"] = r["step"]["median"] / base["step"]["median"]
+        r["ratio_activation"] = r["activation_bytes"] / base["activation_bytes"]
+        if r["cuda_peak_bytes"] is not None:
+            r["ratio_cuda_peak"] = r["cuda_peak_bytes"] / base["cuda_peak_bytes"]
+    tokens = batch * T
+    for r in results.values():
+        r["tokens_per_s"] = tokens / r["step"]["median"]
+    return {"kind": "train", "config": config, "model": lrt_config.to_dict(), "batch": batch, "seq_len": T,
+            "dtype": dtype, "device": str(device), "compile": compile, "repeats": repeats,
+            "threads": torch.get_num_threads(), "results": results}
+
+
+def format_train(report: dict) -> str:
+    lines = [f"lrt bench train: config {report['config']} (d={report['model']['n_embd']}, {report['model']['n_layer']} layers, "
+             f"T={report['seq_len']}, batch {report['batch']}), {report['dtype']}, {report['device']}, "
+             f"{report['threads']} threads, {report['repeats']} rounds" + (", compiled" if report["compile"] else ""),
+             f"{'schedule':<18}{'fwd+bwd ms':>18}{'step ms':>18}{'ratio':>7}{'ideal':>7}{'act MB':>9}{'act x':>7}"
+             + (f"{'peak x':>8}" if report["device"].startswith("cuda") else "")]
+    for name, r in report["results"].items():
+        fb, st = r["forward_backward"], r["step"]
+        row = (f"{name:<18}{1e3 * fb['median']:>8.1f} ({1e3 * fb['min']:.0f}-{1e3 * fb['max']:.0f})"
+               f"{1e3 * st['median']:>8.1f} ({1e3 * st['min']:.0f}-{1e3 * st['max']:.0f})"
+               f"{r['ratio_step']:>7.2f}{r['ideal_flop_ratio']:>7.2f}{r['activation_bytes'] / 2**20:>9.1f}{r['ratio_activation']:>7.2f}")
+        if "ratio_cuda_peak" in r:
+            row += f"{r['ratio_cuda_peak']:>8.2f}"
+        lines.append(row)
+    lines.append("ratio: median step time / baseline's; ideal: FLOP ratio of the schedule's passes; "
+                 "act: bytes saved for backward (MB, and / baseline's)")
+    return "\n".join(lines)
+
+
+def bench_decode(config: str = "wide", batches: tuple[int, ...] = (1, 8), tokens: int = 64, prompt_len: int = 64,
+                 repeats: int = 5, device: str = "cpu", dtype: str = "float32", progress=print) -> dict:
+    device = torch.device(device)
+    lrt_config, _ = bench_config(config)
+    variants = {"baseline": dict(injection="none"), "LRT-shared": dict(projection="shared"),
+                "LRT-layerwise": dict(projection="layerwise")}
+    models = {}
+    for name, overrides in variants.items():
+        torch.manual_seed(0)
+        models[name] = LRT(LRTConfig(**{**lrt_config.to_dict(), **overrides})).to(device)
+        if dtype == "bfloat16":
+            models[name].to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    samples = {(name, b): [] for name in models for b in batches}
+    for round_ in range(1 + repeats):
+        for b in batches:
+            prompts = torch.randint(0, lrt_config.vocab_size, (b, prompt_len), generator=g).tolist()
+            states, next_tokens = {}, {}
+            for name, model in models.items():
+                pre = prefill(model, prompts, prompt_len + tokens + 1, "exact")
+                states[name], next_tokens[name] = pre.state, pre.logits.argmax(-1)
+            # token by token, the models take turns, so a slow moment of the machine hits all of them
+            for _ in range(tokens):
+                for name, model in models.items():
+                    t0 = time.perf_counter()
+                    next_tokens[name] = model.step(next_tokens[name], states[name]).argmax(-1)
+                    _sync(device)
+                    if round_ > 0:  # round 0 warms up
+                        samples[(name, b)].append(time.perf_counter() - t0)
+        if progress:
+            progress(f"round {round_ + 1}/{1 + repeats}" + (" (warmup)" if round_ == 0 else ""))
+    per_token = {}
+    for b in batches:
+        base = statistics.median(samples[("baseline", b)])
+        per_token[str(b)] = {
+            name: {**Timing(samples[(name, b)]).as_dict(), "overhead": statistics.median(samples[(name, b)]) / base - 1}
+            for name in models
+        }
+    # prefill: the three modes on one prompt batch, LRT-shared (its memory is what they differ in)
+    model = models["LRT-shared"]
+    prompts = torch.randint(0, lrt_config.vocab_size, (batches[-1], prompt_len), generator=g).tolist()
+    prefill_times = {}
+    for mode, kw in (("exact", {}), ("parallel", dict(schedule=Interleaved(subsets=2))), ("fixed-point", dict(tol=1e-4))):
+        times, passes = [], None
+        for _ in range(1 + repeats):
+            out = None
+
+            def run():
+                nonlocal out
+                out = prefill(model, prompts, prompt_len + 1, mode, **kw)
+
+            times.append(_timed(run, device))
+            passes = out.passes
+        prefill_times[mode] = {**Timing(times[1:]).as_dict(), "passes": passes}
+    return {"kind": "decode", "config": config, "model": lrt_config.to_dict(), "tokens": tokens, "prompt_len": prompt_len,
+            "device": str(device), "dtype": dtype, "repeats": repeats, "threads": torch.get_num_threads(),
+            "per_token": per_token, "prefill": prefill_times, "prefill_batch": batches[-1]}
+
+
+def format_decode(report: dict) -> str:
+    m = report["model"]
+    lines = [f"lrt bench decode: config {report['config']} (d={m['n_embd']}, {m['n_layer']} layers, vocab {m['vocab_size']}), "
+             f"{report['dtype']}, {report['device']}, {report['threads']} threads; {report['tokens']} tokens after a "
+             f"{report['prompt_len']}-token prompt, {report['repeats']} rounds",
+             f"{'batch':<7}{'model':<15}{'ms/token':>10}{'min-max':>16}{'overhead':>10}"]
+    for b, rows in report["per_token"].items():
+        for name, r in rows.items():
+            spread = f"{1e3 * r['min']:.2f}-{1e3 * r['max']:.2f}"
+            lines.append(f"{b:<7}{name:<15}{1e3 * r['median']:>10.3f}{spread:>16}{100 * r['overhead']:>+9.1f}%")
+    lines.append(f"prefill of {report['prefill_batch']} x {report['prompt_len']} tokens (LRT-shared):")
+    for mode, r in report["prefill"].items():
+        lines.append(f"  {mode:<12}{1e3 * r['median']:>9.1f} ms  ({r['passes']} passes)")
+    return "\n".join(lines)
