@@ -1,11 +1,80 @@
-"""Attention over a key/value buffer: how one computation sees the positions computed before it."""
+"""Attention over a key/value buffer: how one computation sees the positions computed before it.
+
+Two backends compute the same function. "sdpa" runs everywhere: a subset pass is split into a
+few query blocks, each attending with a dense mask to the keys up to its last position. "flex"
+(GPU) runs a subset pass as one FlexAttention call whose block mask skips the key blocks no query
+of a tile can see; it is compiled, and it has no backward on CPU. A full causal pass without a
+window is plain causal SDPA (flash attention) under both.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+ATTENTION_BACKENDS = ("sdpa", "flex")
+_backend = "sdpa"
+
+
+def set_attention_backend(name: str, device: torch.device | str | None = None) -> None:
+    """Choose how subset passes attend, for the whole process (like the torch.backends switches);
+    "auto" is flex when `device` (default: the best available) is CUDA, else sdpa."""
+    global _backend
+    if name == "auto":
+        cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+        name = "flex" if cuda else "sdpa"
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be one of auto, {', '.join(ATTENTION_BACKENDS)}, got {name!r}")
+    _backend = name
+
+
+def attention_backend() -> str:
+    return _backend
+
+
+@contextlib.contextmanager
+def use_attention_backend(name: str):
+    previous = _backend
+    set_attention_backend(name)
+    try:
+        yield
+    finally:
+        set_attention_backend(previous)
+
+
+@functools.lru_cache(maxsize=256)
+def span_block_mask(start: int, step: int, n_queries: int, n_keys: int, window: int | None, device: str) -> BlockMask:
+    """FlexAttention mask of queries at positions start, start+step, ... over keys 0..n_keys-1:
+    causal by original position, within `window` when one is set."""
+
+    def visible(b, h, q, kv):
+        p = start + q * step
+        allowed = kv <= p
+        return allowed if window is None else allowed & (p - kv <= window)
+
+    return create_block_mask(visible, None, None, n_queries, n_keys, device=device)
+
+
+@functools.cache
+def _compiled_flex():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_attend(q, k, v, block_mask: BlockMask) -> torch.Tensor:
+    if q.is_cuda:  # eager FlexAttention is a slow reference; compiled, it is a fused kernel
+        flex = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
+        return flex(q, k, v, block_mask=block_mask, enable_gqa=True)
+    if torch.is_grad_enabled() and q.requires_grad:
+        raise ValueError("attention backend 'flex' cannot train on CPU (no FlexAttention backward there): use 'sdpa'")
+    with warnings.catch_warnings():  # off CUDA the unfused reference is what we want (tests, inference)
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
 
 
 class KVBuffer:
@@ -95,6 +164,12 @@ class PassContext:
             if window not in self.masks:
                 self.masks[window] = self._mask(window, self.pos, 0, keys.size(2))
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.masks[window], enable_gqa=True)
+        if _backend == "flex":
+            r = self.span
+            # cached across steps in eager mode; under torch.compile it is traced into the graph
+            build = span_block_mask.__wrapped__ if torch.compiler.is_compiling() else span_block_mask
+            mask = build(r.start, r.step, len(r), keys.size(2), window, str(q.device))
+            return flex_attend(q, keys, values, mask)
         outs = [
             F.scaled_dot_product_attention(q[:, :, a:b], keys[:, :, lo:hi], values[:, :, lo:hi], attn_mask=mask,
                                            enable_gqa=True)

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention import attention_backend, set_attention_backend
 from .config import LRTConfig
 from .decoding import prefill
 from .flops import training_flops_per_sequence
-from .model import LRT, parameter_counts
+from .model import LRT, compile_model, parameter_counts
 from .optim import OptimConfig, build_optimizers
 from .schedules import Baseline, Chunked, Interleaved, MultiRefine
 
@@ -32,7 +33,7 @@ CONFIGS = {
     "demo": dict(model=dict(n_layer=4, n_embd=256, n_head=4, n_kv_head=4, sequence_len=256, vocab_size=257), batch=8),
     "wide": dict(model=dict(n_layer=4, n_embd=768, n_head=6, n_kv_head=6, sequence_len=256, vocab_size=257), batch=8),
     "d12": dict(model=dict(n_layer=12, n_embd=768, n_head=6, n_kv_head=6, sequence_len=2048, vocab_size=32768), batch=16),
-    "d20": dict(model=dict(n_layer=20, n_embd=1280, n_head=10, n_kv_head=10, sequence_len=2048, vocab_size=32768), batch=16),
+    "d20": dict(model=dict(n_layer=20, n_embd=1280, n_head=10, n_kv_head=10, sequence_len=2048, vocab_size=32768), batch=8),
 }
 TRAIN_SCHEDULES = {
     "baseline": Baseline(),
@@ -41,6 +42,10 @@ TRAIN_SCHEDULES = {
     "multirefine K=1": MultiRefine(passes=1),
     "chunked C=64": Chunked(chunk=64),
 }
+
+
+# dense bf16 datasheet peaks, TFLOP/s
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
 def bench_config(name: str, **overrides) -> tuple[LRTConfig, int]:
@@ -92,14 +97,43 @@ def activation_bytes(model, fn) -> int:
     return sum(kept.values())
 
 
+def memory_use(model, loss_fn, device: torch.device, measure_saved: bool = True) -> dict:
+    """Bytes autograd saves for backward (not under torch.compile, whose graphs hide them) and,
+    on CUDA, the allocator's peak above what was allocated before the forward."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+    if measure_saved:
+        saved = activation_bytes(model, loss_fn)
+    else:
+        saved = None
+        loss_fn().backward()
+    model.zero_grad(set_to_none=True)
+    peak = torch.cuda.max_memory_allocated(device) - start if device.type == "cuda" else None
+    return {"activation_bytes": saved, "cuda_peak_bytes": peak}
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def known_peak_tflops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPUs whose datasheet we know (MFU's denominator)."""
+    name = device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
 def bench_train(config: str = "demo", schedules: list[str] | None = None, repeats: int = 5, warmup: int = 1,
                 batch: int | None = None, seq_len: int | None = None, dtype: str = "float32", device: str = "cpu",
-                compile: bool = False, progress=print) -> dict:
+                compile: bool = False, attention: str = "auto", peak_tflops: float | None = None,
+                progress=print) -> dict:
     names = schedules or list(TRAIN_SCHEDULES)
     unknown = [n for n in names if n not in TRAIN_SCHEDULES]
     if unknown or "baseline" not in names:
         raise ValueError(f"schedules must include baseline and come from {list(TRAIN_SCHEDULES)}, got {names}")
     device = torch.device(device)
+    set_attention_backend(attention, device)
+    peak_tflops = peak_tflops or (known_peak_tflops(device) if dtype == "bfloat16" else None)
     overrides = {"sequence_len": seq_len} if seq_len else {}
     lrt_config, default_batch = bench_config(config, **overrides)
     batch = batch or default_batch
@@ -114,7 +148,7 @@ def bench_train(config: str = "demo", schedules: list[str] | None = None, repeat
         cfg = LRTConfig(**{**lrt_config.to_dict(), "injection": "none"}) if name == "baseline" else lrt_config
         torch.manual_seed(0)
         model = LRT(cfg).to(device)
-        forward = torch.compile(model) if compile else model
+        forward = compile_model(model) if compile else model
         runs[name] = dict(model=model, forward=forward, schedule=TRAIN_SCHEDULES[name],
                           optimizers=build_optimizers(model, OptimConfig()), fb=[], step=[])
 
@@ -143,55 +177,62 @@ def bench_train(config: str = "demo", schedules: list[str] | None = None, repeat
         if progress:
             progress(f"round {round_ + 1}/{warmup + repeats}" + (" (warmup)" if round_ < warmup else ""))
 
-    base_flops = training_flops_per_sequence(runs["baseline"]["model"].config, Baseline(), T)
+    base_flops = training_flops_per_sequence(runs["baseline"]["model"].config, Baseline(), T) * batch
     results = {}
     for name, run in runs.items():
         model = run["model"]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            start = torch.cuda.memory_allocated(device)
-        act = activation_bytes(model, lambda: loss_of(run))
-        model.zero_grad(set_to_none=True)
-        peak = torch.cuda.max_memory_allocated(device) - start if device.type == "cuda" else None
+        flops = training_flops_per_sequence(model.config, run["schedule"], T) * batch
         results[name] = {
             "forward_backward": Timing(run["fb"]).as_dict(),
             "step": Timing(run["step"]).as_dict(),
-            "ideal_flop_ratio": training_flops_per_sequence(model.config, run["schedule"], T) / base_flops,
-            "activation_bytes": act,
-            "cuda_peak_bytes": peak,
+            "ideal_flop_ratio": flops / base_flops,
             "params": parameter_counts(model).total,
+            "tokens_per_s": batch * T / Timing(run["step"]).median,
+            "tflops_per_s": flops / Timing(run["step"]).median / 1e12,
+            **memory_use(model, lambda: loss_of(run), device, measure_saved=not compile),
         }
+        if peak_tflops:
+            results[name]["mfu"] = results[name]["tflops_per_s"] / peak_tflops
     base = results["baseline"]
-    for r in results.values():
-        r["ratio_forward_backward"] = r["forward_backward"]["median"] / base["forward_backward"]["median"]
-        r["ratio_step"] = r["step"]["median"] / base["step"]["median"]
-        r["ratio_activation"] = r["activation_bytes"] / base["activation_bytes"]
-        if r["cuda_peak_bytes"] is not None:
-            r["ratio_cuda_peak"] = r["cuda_peak_bytes"] / base["cuda_peak_bytes"]
-    tokens = batch * T
-    for r in results.values():
-        r["tokens_per_s"] = tokens / r["step"]["median"]
+    for name, r in results.items():
+        for key in ("forward_backward", "step"):  # median of the per-round ratios: noise common to a round cancels
+            r[f"ratio_{key}"] = statistics.median(a / b for a, b in zip(r[key]["samples"], base[key]["samples"]))
+        for key in ("activation_bytes", "cuda_peak_bytes"):
+            if r.get(key) is not None:
+                r[f"ratio_{key}"] = r[key] / base[key]
     return {"kind": "train", "config": config, "model": lrt_config.to_dict(), "batch": batch, "seq_len": T,
-            "dtype": dtype, "device": str(device), "compile": compile, "repeats": repeats,
+            "dtype": dtype, "device": str(device), "device_name": device_name(device), "compile": compile,
+            "attention": attention_backend(), "peak_tflops": peak_tflops, "repeats": repeats,
             "threads": torch.get_num_threads(), "results": results}
 
 
 def format_train(report: dict) -> str:
-    lines = [f"lrt bench train: config {report['config']} (d={report['model']['n_embd']}, {report['model']['n_layer']} layers, "
-             f"T={report['seq_len']}, batch {report['batch']}), {report['dtype']}, {report['device']}, "
-             f"{report['threads']} threads, {report['repeats']} rounds" + (", compiled" if report["compile"] else ""),
-             f"{'schedule':<18}{'fwd+bwd ms':>18}{'step ms':>18}{'ratio':>7}{'ideal':>7}{'act MB':>9}{'act x':>7}"
-             + (f"{'peak x':>8}" if report["device"].startswith("cuda") else "")]
-    for name, r in report["results"].items():
-        fb, st = r["forward_backward"], r["step"]
-        row = (f"{name:<18}{1e3 * fb['median']:>8.1f} ({1e3 * fb['min']:.0f}-{1e3 * fb['max']:.0f})"
-               f"{1e3 * st['median']:>8.1f} ({1e3 * st['min']:.0f}-{1e3 * st['max']:.0f})"
-               f"{r['ratio_step']:>7.2f}{r['ideal_flop_ratio']:>7.2f}{r['activation_bytes'] / 2**20:>9.1f}{r['ratio_activation']:>7.2f}")
-        if "ratio_cuda_peak" in r:
-            row += f"{r['ratio_cuda_peak']:>8.2f}"
+    m, results = report["model"], report["results"]
+    has = {key: any(r.get(key) is not None for r in results.values())
+           for key in ("activation_bytes", "cuda_peak_bytes", "mfu")}
+    header = f"{'schedule':<18}{'fwd+bwd ms':>19}{'x':>6}{'step ms':>19}{'x':>6}{'ideal':>7}{'tok/s':>10}"
+    header += f"{'act MB':>9}{'x':>6}" if has["activation_bytes"] else ""
+    header += f"{'peak MB':>9}{'x':>6}" if has["cuda_peak_bytes"] else ""
+    header += f"{'MFU':>7}" if has["mfu"] else ""
+    lines = [f"lrt bench train: config {report['config']} (d={m['n_embd']}, {m['n_layer']} layers, T={report['seq_len']}, "
+             f"batch {report['batch']}), {report['dtype']}, {report['device_name']}, {report['threads']} threads, "
+             f"attention {report['attention']}{', compiled' if report['compile'] else ''}, {report['repeats']} rounds",
+             header]
+    for name, r in results.items():
+        row = f"{name:<18}"
+        for key in ("forward_backward", "step"):
+            t = r[key]
+            row += f"{1e3 * t['median']:>8.1f} ({1e3 * t['min']:.0f}-{1e3 * t['max']:.0f})".rjust(19) + f"{r[f'ratio_{key}']:>6.2f}"
+        row += f"{r['ideal_flop_ratio']:>7.2f}{r['tokens_per_s']:>10.0f}"
+        for key in ("activation_bytes", "cuda_peak_bytes"):
+            if has[key]:
+                row += f"{r[key] / 2**20:>9.0f}{r[f'ratio_{key}']:>6.2f}"
+        if has["mfu"]:
+            row += f"{100 * r['mfu']:>6.1f}%"
         lines.append(row)
-    lines.append("ratio: median step time / baseline's; ideal: FLOP ratio of the schedule's passes; "
-                 "act: bytes saved for backward (MB, and / baseline's)")
+    lines.append("x: median over rounds of time / the baseline's time in the same round; ideal: FLOP ratio of the "
+                 "schedule's passes; act: bytes saved for backward; peak: CUDA allocator peak during fwd+bwd"
+                 + (f"; MFU against {report['peak_tflops']:.0f} TFLOP/s" if has["mfu"] else ""))
     return "\n".join(lines)
 
 

@@ -72,7 +72,7 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field or optim.<field>, type, help)
     "--steps": ("steps", int, "optimizer steps"),
     "--batch-size": ("batch_size", int, "sequences per micro-batch"),
     "--grad-accum": ("grad_accum", int, "micro-batches per step"),
-    "--optimizer": ("optim.optimizer", str, "muon (Muon + AdamW, default) or adamw"),
+    "--optimizer": ("optim.optimizer", str, "auto (default: muon on GPUs, adamw on CPUs), muon (Muon + AdamW) or adamw"),
     "--matrix-lr": ("optim.matrix_lr", float, "Muon learning rate"),
     "--embedding-lr": ("optim.embedding_lr", float, "AdamW rate of the embeddings"),
     "--unembedding-lr": ("optim.unembedding_lr", float, "AdamW rate of the LM head"),
@@ -82,6 +82,7 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field or optim.<field>, type, help)
     "--warmdown-ratio": ("optim.warmdown_ratio", float, "fraction of steps of linear decay at the end"),
     "--dtype": ("dtype", str, "float32 or bfloat16 (autocast)"),
     "--device": ("device", str, "auto, cpu, cuda, ..."),
+    "--attention": ("attention", str, "subset-pass attention: auto (flex on CUDA, else sdpa), sdpa or flex"),
     "--eval-every": ("eval_every", int, "steps between validations"),
     "--eval-tokens": ("eval_tokens", int, "validation tokens"),
     "--save-every": ("save_every", int, "steps between checkpoints (0: at the end only)"),
@@ -301,7 +302,7 @@ def cmd_bench_train(args) -> None:
 
     report = bench_train(args.config, args.schedules.split(",") if args.schedules else None, args.repeats, args.warmup,
                          args.batch_size, args.seq_len, args.dtype, str(resolve_device(args.device)), args.compile,
-                         progress=lambda msg: print(msg, file=sys.stderr))
+                         args.attention, args.peak_tflops, progress=lambda msg: print(msg, file=sys.stderr))
     print(format_train(report))
     write_json(args.json, report)
 
@@ -415,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     b.add_argument("--device", default="auto")
     b.add_argument("--compile", action="store_true")
+    b.add_argument("--attention", default="auto", help="auto (flex on CUDA, else sdpa), sdpa or flex")
+    b.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak (dense bf16) TFLOP/s for MFU; H100/H200 are known")
     b.add_argument("--json", metavar="PATH")
     b.set_defaults(run=cmd_bench_train)
     b = bsub.add_parser("decode", help="per-token decoding latency and prefill time")
@@ -440,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--url", default=None)
     d.set_defaults(run=cmd_download_core)
 
-    p = sub.add_parser("demo", help="train a small LRT and its baseline on the bundled corpus (CPU, ~5 min)")
+    p = sub.add_parser("demo", help="train a small LRT and its baseline on the bundled corpus (CPU, ~7 min)")
     p.add_argument("--out", default="runs/demo", help="folder of the two runs and the plot")
     p.add_argument("--steps", type=int, default=None, help="LRT training steps (the baseline gets the same FLOPs)")
     p.add_argument("--quick", action="store_true", help="a tiny model for a few seconds (a smoke test)")

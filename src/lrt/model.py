@@ -64,6 +64,7 @@ class Attention(nn.Module):
     def forward(self, x, ve, memory, shared_mem_kv, ctx: PassContext):
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        dtype = q.dtype  # the matmul dtype (bfloat16 under autocast); norms and value embeddings may upcast
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         gate_input = x[..., : self.gate_channels]
@@ -77,7 +78,7 @@ class Attention(nn.Module):
                 k_mem, v_mem = mem_kv.view(B, T, 2 * self.n_kv_head, self.head_dim).chunk(2, dim=2)
                 k, v = torch.addcmul(k, mem, k_mem), torch.addcmul(v, mem, v_mem)
         q, k = norm(rotate(q, ctx.cos, ctx.sin)), norm(rotate(k, ctx.cos, ctx.sin))
-        y = ctx.attend(self.layer, self.window, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        y = ctx.attend(self.layer, self.window, *(t.to(dtype).transpose(1, 2) for t in (q, k, v)))
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -238,6 +239,12 @@ class LRT(nn.Module):
     def generate(self, prompts: list[list[int]], max_new_tokens: int, **options) -> decoding.Generation:
         """Sample continuations of token-id prompts; options as `lrt.decoding.generate`."""
         return decoding.generate(self, prompts, max_new_tokens, **options)
+
+
+def compile_model(model: LRT):
+    """torch.compile for training: one graph per schedule. Shapes are static (dynamic=False):
+    automatic dynamic shapes would turn the plan's lengths into symbols mid-trace."""
+    return torch.compile(model, dynamic=False)
 
 
 # parameter accounting ----------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 `muon`: torch.optim.Muon for the 2-D hidden matrices (attention, MLP, gates, the pathway's Wk/Wv),
 AdamW for the embeddings, the LM head and the scalars, with AdamW rates scaled by 1/sqrt(d/768).
 `adamw`: one AdamW for everything, the simple choice for small CPU runs.
+`auto` (default): muon on GPUs, adamw on CPUs. torch.optim.Muon runs its Newton-Schulz iteration
+in bfloat16, which CPUs without bf16 units emulate: measured on a 2-core AVX2 machine, one Muon
+step of the 3.4M-parameter demo model took 9.8 s against 1.6 s for its forward+backward.
 """
 
 from __future__ import annotations
@@ -14,20 +17,20 @@ import torch
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "muon"  # muon | adamw
+    optimizer: str = "auto"  # auto | muon | adamw
     matrix_lr: float = 0.02  # Muon
     embedding_lr: float = 0.2
     unembedding_lr: float = 0.004
     scalar_lr: float = 0.5
-    adamw_lr: float = 1e-3  # the single rate of optimizer="adamw"
+    adamw_lr: float = 4e-3  # the single rate of adamw (best of 2e-3/4e-3/8e-3 on the demo model)
     weight_decay: float = 0.0
     warmup_steps: int = 0
     warmdown_ratio: float = 0.2  # fraction of the run over which the rate decays linearly
     final_lr_frac: float = 0.0
 
     def __post_init__(self):
-        if self.optimizer not in ("muon", "adamw"):
-            raise ValueError(f"optimizer must be 'muon' or 'adamw', got {self.optimizer!r}")
+        if self.optimizer not in ("auto", "muon", "adamw"):
+            raise ValueError(f"optimizer must be 'auto', 'muon' or 'adamw', got {self.optimizer!r}")
         if not 0 <= self.warmdown_ratio <= 1:
             raise ValueError(f"warmdown_ratio must be in [0, 1], got {self.warmdown_ratio}")
 
@@ -49,7 +52,8 @@ def parameter_groups(model) -> dict[str, list[torch.nn.Parameter]]:
 
 def build_optimizers(model, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
     groups = parameter_groups(model)
-    if cfg.optimizer == "adamw":
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    if cfg.optimizer == "adamw" or (cfg.optimizer == "auto" and not on_gpu):
         return [torch.optim.AdamW(model.parameters(), lr=cfg.adamw_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)]
     scale = (model.config.n_embd / 768) ** -0.5
     adam_groups = [

@@ -126,6 +126,7 @@ class Sequential(Schedule):
         return [[Step(range(t, t + 1)) for t in range(T)]]
 
 
+@torch.compiler.disable  # plain Python over positions: runs eagerly, its result is a constant to the graph
 @functools.lru_cache(maxsize=64)
 def checked_plan(schedule: Schedule, T: int) -> tuple[tuple[Step, ...], ...]:
     """The schedule's passes for length T, checked to never read what no earlier step wrote."""

@@ -15,11 +15,12 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint
+from .attention import ATTENTION_BACKENDS, set_attention_backend
 from .config import LRTConfig
 from .data import PackedLoader, train_val_sources, validation_rows
 from .evaluate import evaluate_bpb
 from .flops import training_flops_per_sequence
-from .model import LRT
+from .model import LRT, compile_model
 from .optim import OptimConfig, build_optimizers, lr_multiplier, set_lr
 from .plots import plot_run
 from .schedules import checked_plan, make_schedule
@@ -61,6 +62,7 @@ class TrainConfig:
     dtype: str = "float32"  # autocast dtype: float32 (off) or bfloat16
     compile: bool = False
     device: str = "auto"
+    attention: str = "auto"  # subset-pass attention backend: auto, sdpa or flex (attention.py)
     eval_every: int = 100
     eval_tokens: int = 65536
     final_decode: bool = True  # exact decoding BPB at the end of an LRT run
@@ -79,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"seq_len must be an integer >= 2, got {self.seq_len!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.attention not in ("auto", *ATTENTION_BACKENDS):
+            raise ValueError(f"attention must be one of auto, {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,6 +118,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
+        set_attention_backend(cfg.attention, self.device)
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.tokenizer)
         self.config = cfg.model_config(self.tokenizer.vocab_size)
@@ -134,7 +139,7 @@ class Trainer:
             self._resume(resume)
         elif checkpoint.list_checkpoints(self.out):
             raise ValueError(f"{self.out} already holds checkpoints; pass --resume {self.out} or choose another --out")
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward = compile_model(self.model) if cfg.compile else self.model
 
     def _resume(self, path) -> None:
         path = checkpoint.resolve(path)

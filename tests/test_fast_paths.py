@@ -1,0 +1,167 @@
+"""The fast paths compute the same function as the reference path (issue 5, "must hold")."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lrt
+from lrt.attention import KVBuffer, PassContext, span_block_mask, use_attention_backend
+from lrt.flops import memory_projection_params, training_flops_per_sequence
+from lrt.model import compile_model
+from lrt.runtime import keep_freed_memory
+from helpers import random_model, random_tokens, rel_err, tiny_config
+
+
+def dense_reference(q, k, v, positions, window):
+    """One masked SDPA over all keys, in float64: the definition of a subset pass's attention."""
+    key_pos = torch.arange(k.size(2))
+    allowed = key_pos <= positions[:, None]
+    if window is not None:
+        allowed &= positions[:, None] - key_pos <= window
+    q, k, v = (t.double() for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
+
+
+def attend_span(span, keys, values, q, window, backend):
+    pos = torch.arange(span.start, span.stop, span.step)
+    buffer = KVBuffer(n_layer=1, length=keys.size(2))
+    buffer.k[0], buffer.v[0] = keys.clone(), values.clone()
+    ctx = PassContext(buffer, pos, span, False, None, None, None)
+    with use_attention_backend(backend), torch.no_grad():
+        return ctx.attend(0, window, q, keys[:, :, pos], values[:, :, pos])
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("window", [None, 5, 40])
+@pytest.mark.parametrize("span", [range(0, 300, 2), range(1, 300, 2), range(3, 300, 4), range(17, 300, 1),
+                                  range(0, 7, 1), range(120, 200, 1)])
+def test_subset_attention_equals_one_dense_masked_call(backend, window, span):
+    """Blocked SDPA (query blocks over key slices) and FlexAttention (block mask) on random inputs,
+    strided and contiguous spans, with and without sliding windows, GQA, against float64."""
+    g = torch.Generator().manual_seed(len(span) + span.start)
+    T, n = 300, len(span)
+    keys, values = torch.randn(2, 2, T, 16, generator=g), torch.randn(2, 2, T, 16, generator=g)
+    q = torch.randn(2, 4, n, 16, generator=g)
+    pos = torch.arange(span.start, span.stop, span.step)
+    out = attend_span(span, keys, values, q, window, backend)
+    assert rel_err(out.double(), dense_reference(q, keys, values, pos, window)) < 1e-5
+
+
+def test_flex_block_mask_skips_invisible_blocks():
+    """The block mask is sparse in the shape the span implies: the first query tile of positions
+    1, 3, ..., 255 sees only the first two key tiles of 128."""
+    mask = span_block_mask(1, 2, 512, 1024, None, "cpu")
+    dense = mask.to_dense()[0, 0]  # (query tiles, key tiles) of 128
+    assert dense.shape == (4, 8)
+    assert dense[0].tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
+    assert dense.sum().item() == 2 + 4 + 6 + 8
+
+
+@pytest.mark.parametrize("schedule", [lrt.Interleaved(subsets=2), lrt.Interleaved(subsets=3), lrt.MultiRefine(passes=2),
+                                      lrt.Chunked(chunk=3), lrt.Sequential()])
+def test_flex_backend_computes_the_model_of_the_sdpa_backend(schedule):
+    config = tiny_config(sequence_len=12)
+    model, idx = random_model(config), random_tokens(config)
+    with torch.no_grad():
+        reference = model(idx, idx, schedule=schedule)
+        with use_attention_backend("flex"):
+            fast = model(idx, idx, schedule=schedule)
+    assert rel_err(fast.logits, reference.logits) < 1e-5
+    assert abs(fast.loss.item() - reference.loss.item()) < 1e-5
+
+
+def test_flex_backend_refuses_to_train_on_cpu():
+    config = tiny_config()
+    model, idx = random_model(config), random_tokens(config)
+    with use_attention_backend("flex"), pytest.raises(ValueError, match="cannot train on CPU"):
+        model(idx, idx, schedule=lrt.Interleaved(subsets=2))
+
+
+def test_unknown_attention_backend_is_refused():
+    with pytest.raises(ValueError, match="attention must be one of"):
+        lrt.set_attention_backend("flash")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        lrt.TrainConfig(attention="flash")
+
+
+def test_auto_backend_follows_the_device():
+    with use_attention_backend("auto"):
+        assert lrt.attention_backend() == ("flex" if torch.cuda.is_available() else "sdpa")
+    lrt.set_attention_backend("auto", "cpu")
+    assert lrt.attention_backend() == "sdpa"
+
+
+def test_bfloat16_autocast_trains_like_float32():
+    """Under autocast the attention inputs share the matmul dtype; the loss and the gradients stay
+    close to float32's (bf16 rounding only)."""
+    config = tiny_config(sequence_len=16)
+    model, idx = random_model(config, std=0.1), random_tokens(config)
+    schedule = lrt.Interleaved(subsets=2)
+    losses, grads = [], []
+    for autocast in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(idx, idx, schedule=schedule).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert abs(losses[1] - losses[0]) < 0.02 * losses[0]
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+
+
+def test_training_flops_count_every_pass_and_skip_zero_memory_projections():
+    config = tiny_config(sequence_len=16)
+    base = lrt.LRTConfig(**{**config.to_dict(), "injection": "none"})
+    T = 16
+    baseline = training_flops_per_sequence(base, lrt.Baseline(), T)
+    zero_pass = training_flops_per_sequence(config, lrt.Baseline(), T)
+    interleaved = training_flops_per_sequence(config, lrt.Interleaved(subsets=2), T)
+    memory_pass_extra = 6 * memory_projection_params(config) * T
+    assert memory_projection_params(config) == 2 * config.kv_dim * config.n_embd  # one shared Wk, Wv
+    assert zero_pass > baseline  # the gates and the residual scalars still run
+    assert interleaved == pytest.approx(2 * zero_pass + memory_pass_extra)
+    layerwise = lrt.LRTConfig(**{**config.to_dict(), "projection": "layerwise"})
+    assert memory_projection_params(layerwise) == config.n_layer * memory_projection_params(config)
+
+
+def test_keep_freed_memory_reports_whether_it_applied():
+    assert isinstance(keep_freed_memory(), bool)
+
+
+# on a GPU: FlexAttention's backward and torch.compile against the reference path ---------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def loss_and_grads(model, idx, schedule, backend="sdpa", forward=None):
+    model.zero_grad(set_to_none=True)
+    with use_attention_backend(backend):
+        loss = (model if forward is None else forward)(idx, idx, schedule=schedule, return_logits=False).loss
+        loss.backward()
+    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@cuda
+@pytest.mark.parametrize("schedule", [lrt.Interleaved(subsets=2), lrt.Interleaved(subsets=4), lrt.Chunked(chunk=64)])
+def test_cuda_flex_training_matches_sdpa(schedule):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    config = tiny_config(sequence_len=256, n_embd=64, short_window=40)
+    model = random_model(config, std=0.1).cuda()
+    idx = random_tokens(config, batch=4).cuda()
+    ref_loss, ref_grads = loss_and_grads(model, idx, schedule, "sdpa")
+    loss, grads = loss_and_grads(model, idx, schedule, "flex")
+    assert abs(loss - ref_loss).item() < 1e-4 * ref_loss.item()
+    assert rel_err(grads, ref_grads) < 1e-3
+
+
+@cuda
+def test_cuda_compiled_model_matches_eager():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    config = tiny_config(sequence_len=256, n_embd=64)
+    model = random_model(config, std=0.1).cuda()
+    idx = random_tokens(config, batch=4).cuda()
+    schedule = lrt.Interleaved(subsets=2)
+    ref_loss, ref_grads = loss_and_grads(model, idx, schedule, "sdpa")
+    loss, grads = loss_and_grads(model, idx, schedule, "flex", forward=compile_model(model))
+    assert abs(loss - ref_loss).item() < 1e-4 * ref_loss.item()
+    assert rel_err(grads, ref_grads) < 1e-3
