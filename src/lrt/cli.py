@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--url", default=None)
     d.set_defaults(run=cmd_download_core)
 
-    p = sub.add_parser("demo", help="train a small LRT and its baseline on the bundled corpus (CPU, ~7 min)")
+    p = sub.add_parser("demo", help="train a small LRT and its baseline on the bundled corpus (CPU, ~6 min)")
     p.add_argument("--out", default="runs/demo", help="folder of the two runs and the plot")
     p.add_argument("--steps", type=int, default=None, help="LRT training steps (the baseline gets the same FLOPs)")
     p.add_argument("--quick", action="store_true", help="a tiny model for a few seconds (a smoke test)")
