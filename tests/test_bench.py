@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from lrt.attention import attention_backend, use_attention_backend
 from lrt.bench import bench_decode, bench_train, format_decode, format_train
 from lrt.cli import main
 
@@ -46,6 +47,9 @@ def test_bench_train_refuses_bad_arguments(kwargs, match):
 
 
 def test_format_train_marks_missing_measurements():
-    report = bench_train("demo", ["baseline"], repeats=1, warmup=0, batch=1, seq_len=8, progress=None)
+    with use_attention_backend("flex"):
+        report = bench_train("demo", ["baseline"], repeats=1, warmup=0, batch=1, seq_len=8, progress=None)
+        assert attention_backend() == "flex"  # the bench ran under its own backend and restored the caller's
+    assert report["attention"] == "sdpa"  # "auto" on a CPU
     text = format_train(report)
     assert "MFU" not in text and "peak MB" not in text  # no GPU: no allocator peak, no MFU

@@ -4,9 +4,10 @@ import json
 import pytest
 import torch
 
+import lrt
 from lrt import checkpoint
 from lrt.cli import main
-from lrt.optim import OptimConfig, lr_multiplier
+from lrt.optim import OptimConfig, build_optimizers, lr_multiplier
 from lrt.plots import read_metrics
 from lrt.train import Trainer, TrainConfig
 
@@ -137,3 +138,14 @@ def test_learning_rate_schedule():
     assert lrs[10] == 1.0 and lrs[-1] == pytest.approx(0.1 + 0.9 / 10)
     assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))
     assert [lr_multiplier(s, 10, OptimConfig(warmdown_ratio=0.0)) for s in (0, 9)] == [1.0, 1.0]
+
+
+def test_auto_optimizer_is_adamw_on_cpu_and_muon_when_asked():
+    model = lrt.LRT(lrt.LRTConfig(vocab_size=32, sequence_len=8, n_layer=2, n_head=2, n_kv_head=2, n_embd=32))
+    (auto,) = build_optimizers(model, OptimConfig())  # the model is on a CPU
+    assert isinstance(auto, torch.optim.AdamW) and auto.param_groups[0]["lr"] == OptimConfig().adamw_lr
+    assert sum(p.numel() for g in auto.param_groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    adam, muon = build_optimizers(model, OptimConfig(optimizer="muon"))
+    assert isinstance(muon, torch.optim.Muon) and all(p.ndim == 2 for g in muon.param_groups for p in g["params"])
+    with pytest.raises(ValueError, match="optimizer must be"):
+        OptimConfig(optimizer="sgd")

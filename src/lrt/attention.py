@@ -39,9 +39,10 @@ def attention_backend() -> str:
 
 
 @contextlib.contextmanager
-def use_attention_backend(name: str):
+def use_attention_backend(name: str, device: torch.device | str | None = None):
+    """set_attention_backend for the duration of a `with` block."""
     previous = _backend
-    set_attention_backend(name)
+    set_attention_backend(name, device)
     try:
         yield
     finally:

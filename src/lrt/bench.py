@@ -1,8 +1,8 @@
 """`lrt bench`: what LRT costs next to the baseline, measured in one process on one machine.
 
 Every measurement is repeated in rounds that visit the baseline and each LRT variant in turn,
-so machine noise lands on all of them alike; we report medians, the spread (min-max), and
-ratios of medians to the baseline.
+so machine noise lands on all of them alike; we report medians, the spread (min-max), and the
+median over rounds of each variant's time over the baseline's time in the same round.
 
 - train: time of a forward+backward, and of a whole step with the optimizer, per schedule; the
   ideal FLOP ratio of each schedule (from its plan); activation memory (bytes saved for backward,
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import attention_backend, set_attention_backend
+from .attention import attention_backend, use_attention_backend
 from .config import LRTConfig
 from .decoding import prefill
 from .flops import training_flops_per_sequence
@@ -132,7 +132,13 @@ def bench_train(config: str = "demo", schedules: list[str] | None = None, repeat
     if unknown or "baseline" not in names:
         raise ValueError(f"schedules must include baseline and come from {list(TRAIN_SCHEDULES)}, got {names}")
     device = torch.device(device)
-    set_attention_backend(attention, device)
+    with use_attention_backend(attention, device):  # the process's backend is left as it was
+        return _bench_train_with_backend(config, names, repeats, warmup, batch, seq_len, dtype, device, compile,
+                                         peak_tflops, progress)
+
+
+def _bench_train_with_backend(config, names, repeats, warmup, batch, seq_len, dtype, device, compile, peak_tflops,
+                              progress) -> dict:
     peak_tflops = peak_tflops or (known_peak_tflops(device) if dtype == "bfloat16" else None)
     overrides = {"sequence_len": seq_len} if seq_len else {}
     lrt_config, default_batch = bench_config(config, **overrides)
@@ -187,8 +193,8 @@ def bench_train(config: str = "demo", schedules: list[str] | None = None, repeat
             "step": Timing(run["step"]).as_dict(),
             "ideal_flop_ratio": flops / base_flops,
             "params": parameter_counts(model).total,
-            "tokens_per_s": batch * T / Timing(run["step"]).median,
-            "tflops_per_s": flops / Timing(run["step"]).median / 1e12,
+            "tokens_per_s": batch * T / statistics.median(run["step"]),
+            "tflops_per_s": flops / statistics.median(run["step"]) / 1e12,
             **memory_use(model, lambda: loss_of(run), device, measure_saved=not compile),
         }
         if peak_tflops:

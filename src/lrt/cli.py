@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", action="store_true")
     b.add_argument("--attention", default="auto", help="auto (flex on CUDA, else sdpa), sdpa or flex")
     b.add_argument("--peak-tflops", type=float, default=None,
-                   help="the device's peak (dense bf16) TFLOP/s for MFU; H100/H200 are known")
+                   help="the device's peak (dense bf16) TFLOP/s for MFU; H100, H200 and A100 are known")
     b.add_argument("--json", metavar="PATH")
     b.set_defaults(run=cmd_bench_train)
     b = bsub.add_parser("decode", help="per-token decoding latency and prefill time")
