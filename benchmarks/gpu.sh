@@ -15,9 +15,9 @@ train() {  # config, schedules
 }
 case $what in
   tests) python3 -m pytest -q -p no:cacheprovider tests/test_fast_paths.py 2>&1 | tail -5 | tee "$out/tests.txt" ;;
-  d12) train d12 "baseline,interleaved S=2"
+  d12) train d12 "baseline,interleaved:2"
        timeout 100 python3 -m lrt bench decode --config d12 --device cuda --dtype bfloat16 --repeats 2 --tokens 32 \
          --json "$out/d12_decode.json" 2>&1 | grep -v "^round" | tee "$out/d12_decode.txt" ;;
-  d20) train d20 "baseline,interleaved S=2" ;;
+  d20) train d20 "baseline,interleaved:2" ;;
   *) echo "usage: bash benchmarks/gpu.sh tests|d12|d20 OUTDIR" >&2; exit 2 ;;
 esac

@@ -4,42 +4,43 @@ import json
 
 import pytest
 
-from lrt.attention import attention_backend, use_attention_backend
 from lrt.bench import bench_decode, bench_train, format_decode, format_train
 from lrt.cli import main
 
 
 def test_bench_train_report(tmp_path, capsys):
     path = tmp_path / "train.json"
-    assert main(["bench", "train", "--config", "demo", "--seq-len", "16", "--batch-size", "1", "--repeats", "2",
-                 "--warmup", "0", "--schedules", "baseline,interleaved S=2,chunked C=64", "--json", str(path)]) == 0
+    assert main(["bench", "train", "--config", "small", "--seq-len", "16", "--batch-size", "1", "--repeats", "2",
+                 "--warmup", "0", "--schedules", "baseline,interleaved,chunked:64", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
     results = report["results"]
-    assert list(results) == ["baseline", "interleaved S=2", "chunked C=64"]
+    assert list(results) == ["baseline", "interleaved:2", "chunked:64"]  # canonical spec strings
     assert results["baseline"]["ratio_step"] == 1.0 and results["baseline"]["ideal_flop_ratio"] == 1.0
-    assert 2.0 < results["interleaved S=2"]["ideal_flop_ratio"] < 2.2  # two passes plus the pathway
-    assert results["chunked C=64"]["ideal_flop_ratio"] < 1.2  # one pass (C > T: a single chunk)
+    assert 2.0 < results["interleaved:2"]["ideal_flop_ratio"] < 2.2  # two passes plus the pathway
+    assert results["chunked:64"]["ideal_flop_ratio"] < 1.2  # one pass (C > T: a single chunk)
     for r in results.values():
         assert len(r["step"]["samples"]) == 2 and r["activation_bytes"] > 0 and r["tokens_per_s"] > 0
-    assert results["interleaved S=2"]["activation_bytes"] > results["baseline"]["activation_bytes"]
+    assert results["interleaved:2"]["activation_bytes"] > results["baseline"]["activation_bytes"]
     out = capsys.readouterr().out
-    assert "interleaved S=2" in out and "ideal" in out
+    assert "interleaved:2" in out and "ideal" in out
 
 
 def test_bench_decode_report():
-    report = bench_decode("demo", batches=(1, 2), tokens=2, prompt_len=4, repeats=1, progress=None)
+    report = bench_decode("small", batches=(1, 2), tokens=2, prompt_len=4, repeats=1, progress=None)
     assert set(report["per_token"]) == {"1", "2"}
     for rows in report["per_token"].values():
         assert set(rows) == {"baseline", "LRT-shared", "LRT-layerwise"} and rows["baseline"]["overhead"] == 0.0
         assert all(len(r["samples"]) == 2 for r in rows.values())  # tokens x repeats
-    assert report["prefill"]["exact"]["passes"] == 4 and report["prefill"]["parallel"]["passes"] == 3
+    prefill = report["prefill"]
+    assert prefill["exact"]["forwards"] == 4 and prefill["parallel:interleaved:2"]["forwards"] == 3
     assert "prefill of 2 x 4 tokens" in format_decode(report)
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(config="huge"), "config must be one of"),
-    (dict(schedules=["interleaved S=2"]), "must include baseline"),
-    (dict(schedules=["baseline", "interleaved S=9"]), "must include baseline"),
+    (dict(config="huge"), "preset must be one of"),
+    (dict(schedules=["interleaved:2"]), "must include baseline"),
+    (dict(schedules=["baseline", "interleaved S=9"]), "schedule must be one of"),
+    (dict(schedules=["baseline", "interleaved:two"]), "subsets must be an integer"),
 ])
 def test_bench_train_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -47,9 +48,7 @@ def test_bench_train_refuses_bad_arguments(kwargs, match):
 
 
 def test_format_train_marks_missing_measurements():
-    with use_attention_backend("flex"):
-        report = bench_train("demo", ["baseline"], repeats=1, warmup=0, batch=1, seq_len=8, progress=None)
-        assert attention_backend() == "flex"  # the bench ran under its own backend and restored the caller's
+    report = bench_train("small", schedules=["baseline"], repeats=1, warmup=0, batch=1, seq_len=8, progress=None)
     assert report["attention"] == "sdpa"  # "auto" on a CPU
     text = format_train(report)
     assert "MFU" not in text and "peak MB" not in text  # no GPU: no allocator peak, no MFU

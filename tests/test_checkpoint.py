@@ -10,7 +10,8 @@ from helpers import random_model, tiny_config
 
 
 def _save(run, step, model, state=None, keep=3):
-    return checkpoint.save_checkpoint(run, step, model, ByteTokenizer(), {"note": step}, state or {}, keep=keep)
+    return checkpoint.save_checkpoint(run, step, model, tokenizer=ByteTokenizer(), meta={"note": step},
+                                      state=state or {}, keep=keep)
 
 
 def test_round_trip_is_exact(tmp_path):

@@ -26,29 +26,35 @@ def test_eval_bpb(run, tmp_path, capsys):
     report = tmp_path / "bpb.json"
     assert main(["eval", "bpb", str(run), "--tokens", "256", "--bucket", "32", "--json", str(report)]) == 0
     out = capsys.readouterr().out
-    for text in ("pass 0 (zero memory, all positions)", "merged", "exact decoding", "zero memory (ablation)",
-                 "train/decode gap", "decoding BPB by position: 0-31"):
+    for text in ("pass 0 (zero memory, all positions)", "merged", "exact memory, token by token",
+                 "zero memory (ablation)", "train/decode gap", "exact BPB by position: 0-31"):
         assert text in out
     numbers = json.loads(report.read_text())
-    assert len(numbers["passes"]) == 3 and numbers["gap"] == pytest.approx(numbers["merged"] - numbers["decode"])
-    assert numbers["rows"] == 4 and len(numbers["decode_buckets"]) == 2
+    assert len(numbers["parallel_passes"]) == 3
+    assert numbers["gap"] == pytest.approx(numbers["parallel"] - numbers["exact"])
+    assert numbers["rows"] == 4 and len(numbers["exact_buckets"]) == 2
+    assert numbers["parallel_schedule"] == "parallel:interleaved:2"  # bare "parallel" is the run's schedule
 
 
-def test_eval_bpb_on_other_text(run, tmp_path, capsys):
+def test_eval_bpb_on_other_text_with_chosen_memories(run, tmp_path, capsys):
     data = tmp_path / "other.txt"
     data.write_text("Some other text to score. " * 40)
-    assert main(["eval", "bpb", str(run), "--data", str(data), "--tokens", "128", "--no-decode"]) == 0
-    assert "exact decoding" not in capsys.readouterr().out
+    assert main(["eval", "bpb", str(run), "--data", str(data), "--tokens", "128",
+                 "--memory", "parallel:multirefine:2,fixed-point:1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "exact memory" not in out and "pass 2 (memory from the buffer, all positions)" in out
+    assert "fixed-point memory" in out
 
 
-@pytest.mark.parametrize("memory", ["zero", "parallel", "exact"])
-def test_eval_core(run, bundle, tmp_path, capsys, memory):
+@pytest.mark.parametrize("memory, spec", [("zero", "zero"), ("parallel", "parallel:interleaved:2"),
+                                          ("parallel:chunked:4", "parallel:chunked:4"), ("exact", "exact")])
+def test_eval_core(run, bundle, tmp_path, capsys, memory, spec):
     report = tmp_path / "core.json"
     assert main(["eval", "core", str(run), "--bundle", str(bundle), "--memory", memory, "--max-per-task", "2",
                  "--json", str(report)]) == 0
     assert "CORE = " in capsys.readouterr().out
     numbers = json.loads(report.read_text())
-    assert numbers["memory"] == memory and [t["items"] for t in numbers["tasks"]] == [2, 2, 2]
+    assert numbers["memory"] == spec and [t["items"] for t in numbers["tasks"]] == [2, 2, 2]
 
 
 def test_generate_streams_and_batches(run, tmp_path, capsys):
@@ -58,9 +64,9 @@ def test_generate_streams_and_batches(run, tmp_path, capsys):
     captured = capsys.readouterr()
     result = json.loads(report.read_text())["results"][0]
     assert captured.out == "To be" + result["completion"] + "\n"
-    assert "prefill exact" in captured.err and result["tokens"] == 5
+    assert "prompt read with exact memory: 6 forward calls" in captured.err and result["tokens"] == 5
     assert main(["generate", str(run), "--prompt", "To be", "--prompt", "Or not", "--max-tokens", "4",
-                 "--prefill", "fixed-point", "--top-p", "0.9", "--json", str(report)]) == 0
+                 "--memory", "fixed-point", "--top-p", "0.9", "--json", str(report)]) == 0
     assert len(json.loads(report.read_text())["results"]) == 2
     assert "=== 'Or not'" in capsys.readouterr().out
 
@@ -87,6 +93,11 @@ def test_bad_input(run, bundle, tmp_path, capsys):
         "long prompt": (["generate", str(run), "--prompt", "x" * 100], "longer than the model's window of 64"),
         "no tokenizer": (["eval", "bpb", str(no_tokenizer)], "names no tokenizer"),
         "missing checkpoint": (["generate", str(tmp_path / "nope"), "--prompt", "a"], "does not exist"),
+        "unknown memory": (["eval", "core", str(run), "--bundle", str(bundle), "--memory", "recurrent"],
+                           "memory must be one of"),
+        "bad memory schedule": (["generate", str(run), "--prompt", "a", "--memory", "parallel:interleaved:x"],
+                                "subsets must be an integer"),
+        "bad bpb memory": (["eval", "bpb", str(run), "--memory", "exact,exact"], "each memory mode once"),
     }
     for name, (args, match) in cases.items():
         code = main(args)

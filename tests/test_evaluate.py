@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import lrt
 from lrt.evaluate import evaluate_bpb
-from lrt.evaluate.core import evaluate_task, load_bundle, render
+from lrt.evaluate.core import Reader, evaluate_task, load_bundle, render, score_item
 from lrt.tokenizer import ByteTokenizer
 from helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, random_model, tiny_config, write_core_bundle
 
@@ -28,40 +28,54 @@ def _bpb(logits, rows):
     return (nats * (nbytes > 0)).sum().item() / (math.log(2) * nbytes.sum().item())
 
 
-def test_decoding_bpb_equals_sequential_teacher_forced_bpb():
+ALL_MEMORIES = ("zero", "parallel:interleaved:8", "exact", "fixed-point:0")
+
+
+def test_exact_bpb_equals_teacher_forced_decoding_bpb():
     model = random_model(tiny_config(vocab_size=257))
     rows = _rows()
     x = rows[:, :-1]
-    result = evaluate_bpb(model, rows, TOK.token_bytes(), lrt.Interleaved(subsets=8), batch_size=3, bucket=3)
+    result = evaluate_bpb(model, rows, TOK.token_bytes(), memories=ALL_MEMORIES, batch_size=3, bucket=3)
     with torch.no_grad():
-        sequential = model(x, schedule=lrt.Sequential()).logits
+        decoded = model.decode(x)
         zero = model(x)
-    assert result.decode == pytest.approx(_bpb(sequential, rows), rel=1e-5)
-    assert result.merged == pytest.approx(result.decode, rel=1e-5)  # S = T is exact
+    assert result.exact == pytest.approx(_bpb(decoded, rows), rel=1e-5)
+    assert result.parallel == pytest.approx(result.exact, rel=1e-5)  # S = T is exact
+    assert result.fixed_point == pytest.approx(result.exact, rel=1e-5)  # tol 0: run to the exact answer
     assert result.zero == pytest.approx(_bpb(zero, rows), rel=1e-6)
-    assert result.passes[0] == pytest.approx(result.zero, rel=1e-6)  # pass 0 is the zero-memory forward
+    assert result.parallel_passes[0] == pytest.approx(result.zero, rel=1e-6)  # pass 0 is the zero-memory forward
+    assert result.parallel_schedule == "parallel:interleaved:8" and len(result.parallel_pass_labels) == 9
     assert result.bytes == 4 * 8 - 1 and result.tokens == 32
-    assert [(a, b) for a, b, _ in result.decode_buckets] == [(0, 2), (3, 5), (6, 7)]
+    assert [(a, b) for a, b, _ in result.exact_buckets] == [(0, 2), (3, 5), (6, 7)]
     assert result.gap == pytest.approx(0, abs=1e-5)
+    text = result.format()
+    assert "pass 8 (memory from the buffer, positions t mod 8 == 7)" in text and "exact BPB by position: 0-2" in text
 
 
 def test_per_pass_bpb_scores_each_pass_on_its_own_positions():
     model = random_model(tiny_config(vocab_size=257))
     rows = _rows()
-    result = evaluate_bpb(model, rows, TOK.token_bytes(), lrt.Interleaved(subsets=2), modes=("schedule",))
+    result = evaluate_bpb(model, rows, TOK.token_bytes(), memories=[lrt.Memory("parallel", lrt.Interleaved(subsets=2))])
     with torch.no_grad():
         out = model(rows[:, :-1], schedule=lrt.Interleaved(subsets=2))
     pos, logits = out.pass_logits[2]  # odd positions
     assert pos.tolist() == [1, 3, 5, 7]
     sub = torch.cat([rows[:, :1], rows[:, 1:][:, pos]], 1)
-    assert result.passes[2] == pytest.approx(_bpb(logits, sub), rel=1e-6)
-    assert result.decode is None and result.zero is None
+    assert result.parallel_passes[2] == pytest.approx(_bpb(logits, sub), rel=1e-6)
+    assert result.exact is None and result.zero is None
 
 
 def test_baseline_models_report_only_zero_memory_bpb():
     model = random_model(tiny_config(vocab_size=257, injection="none"))
-    result = evaluate_bpb(model, _rows(), TOK.token_bytes(), lrt.Baseline())
-    assert result.zero is not None and result.merged is None and result.decode is None and result.gap is None
+    result = evaluate_bpb(model, _rows(), TOK.token_bytes(), memories=ALL_MEMORIES)
+    assert result.zero is not None and result.parallel is None and result.exact is None and result.gap is None
+    assert "(ablation)" not in result.format(recurrent=False)
+
+
+def test_each_memory_mode_is_scored_once():
+    model = random_model(tiny_config(vocab_size=257))
+    with pytest.raises(ValueError, match="scores each memory mode once"):
+        evaluate_bpb(model, _rows(), TOK.token_bytes(), memories=("exact", "parallel:interleaved:2", "parallel:baseline"))
 
 
 # CORE ---------------------------------------------------------------------------------------------
@@ -104,7 +118,7 @@ def test_core_scoring_of_hand_built_items(tmp_path):
     known += [render("language_modeling", item, " ", [])[1] for item in LM_ITEMS[:2]]
     known.append("The capital... " + LM_ITEMS[2]["context"] + " green")
     fn = oracle(known)
-    results = {label: evaluate_task(t, TOK.encode, TOK.bos_id, 256, fn) for label, t in tasks.items()}
+    results = {label: evaluate_task(t, Reader(TOK.encode, TOK.bos_id, 256, fn)) for label, t in tasks.items()}
     assert results["mc"].accuracy == 0.75 and results["mc"].centered == pytest.approx((0.75 - 0.25) / 0.75)
     assert results["schema"].accuracy == 0.5 and results["schema"].centered == pytest.approx(0.0)
     assert results["lm"].accuracy == pytest.approx(2 / 3) and results["lm"].centered == pytest.approx(2 / 3)
@@ -115,10 +129,9 @@ def test_core_scoring_of_hand_built_items(tmp_path):
 def test_language_modeling_needs_every_continuation_token():
     item = {"context": "abc", "continuation": "xyz"}
     fn = oracle(["abc xyQ"])  # right on x and y, wrong on z
-    assert lrt.evaluate.core.score_item("language_modeling", render("language_modeling", item, " ", []), None,
-                                        TOK.encode, TOK.bos_id, 64, fn).correct is False
-    assert lrt.evaluate.core.score_item("language_modeling", render("language_modeling", item, " ", []), None,
-                                        TOK.encode, TOK.bos_id, 64, oracle(["abc xyz"])).correct is True
+    prompts = render("language_modeling", item, " ", [])
+    assert score_item(Reader(TOK.encode, TOK.bos_id, 64, fn), "language_modeling", prompts).correct is False
+    assert score_item(Reader(TOK.encode, TOK.bos_id, 64, oracle(["abc xyz"])), "language_modeling", prompts).correct
 
 
 def test_fewshot_examples_exclude_the_item_and_tolerate_small_tasks(tmp_path):
@@ -129,25 +142,26 @@ def test_fewshot_examples_exclude_the_item_and_tolerate_small_tasks(tmp_path):
         seen.append(TOK.decode(idx[0].tolist()))
         return torch.zeros(idx.size(0), idx.size(1), TOK.vocab_size)
 
-    result = evaluate_task(load_bundle(bundle)[0], TOK.encode, TOK.bos_id, 4096, spy)
+    result = evaluate_task(load_bundle(bundle)[0], Reader(TOK.encode, TOK.bos_id, 4096, spy))
     assert result.items == 3 and len(seen) == 3
     for prompt in seen:  # two shots (all the others), then the item: each context appears once
         assert sum(prompt.count(item["context"]) for item in LM_ITEMS) == 3
         assert prompt.count("\n\n") == 2
 
 
-@pytest.mark.parametrize("memory", ["zero", "parallel", "exact"])
+@pytest.mark.parametrize("memory", ["zero", "parallel:interleaved:2", "exact", "fixed-point"])
 def test_core_runs_a_real_model_in_every_memory_mode(tmp_path, memory):
     model = random_model(tiny_config(vocab_size=257, sequence_len=64))
-    result = lrt.evaluate_core(model, TOK, _bundle(tmp_path), memory, lrt.Interleaved(subsets=2), progress=False)
-    assert len(result.tasks) == 3 and -3 <= result.core <= 1
+    result = lrt.evaluate_core(model, TOK, _bundle(tmp_path), memory=memory, progress=False)
+    assert len(result.tasks) == 3 and -3 <= result.core <= 1 and result.memory == memory
+    assert result.format().endswith(f"CORE = {result.core:.4f}")
 
 
 def test_core_parallel_with_an_exact_schedule_matches_exact(tmp_path):
     model = random_model(tiny_config(vocab_size=257, sequence_len=64))
     bundle = _bundle(tmp_path)
-    exact = lrt.evaluate_core(model, TOK, bundle, "exact", progress=False)
-    parallel = lrt.evaluate_core(model, TOK, bundle, "parallel", lrt.Sequential(), progress=False)
+    exact = lrt.evaluate_core(model, TOK, bundle, memory="exact", progress=False)
+    parallel = lrt.evaluate_core(model, TOK, bundle, memory=lrt.Memory("parallel", lrt.Sequential()), progress=False)
     assert [t.accuracy for t in exact.tasks] == [t.accuracy for t in parallel.tasks]
 
 
@@ -172,7 +186,7 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     path.write_text(path.read_text() + '{"context": "x", \n')
     task = [t for t in load_bundle(root) if t.label == "lm"][0]
     with pytest.raises(ValueError, match=r"lm\.jsonl, line 4: malformed JSON"):
-        evaluate_task(task, TOK.encode, TOK.bos_id, 64, lambda idx: None)
+        evaluate_task(task, Reader(TOK.encode, TOK.bos_id, 64, lambda idx: None))
     path.write_text('{"context": "x"}\n')
     with pytest.raises(ValueError, match=r"line 1: a language_modeling item needs continuation"):
-        evaluate_task(task, TOK.encode, TOK.bos_id, 64, lambda idx: None)
+        evaluate_task(task, Reader(TOK.encode, TOK.bos_id, 64, lambda idx: None))

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import lrt
-from lrt.attention import KVBuffer, PassContext, span_block_mask, use_attention_backend
+from lrt import attention
+from lrt.attention import KVBuffer, PassContext, resolve_attention, span_block_mask
 from lrt.flops import memory_projection_params, training_flops_per_sequence
 from lrt.model import compile_model
 from lrt.runtime import keep_freed_memory
@@ -26,8 +27,8 @@ def attend_span(span, keys, values, q, window, backend):
     pos = torch.arange(span.start, span.stop, span.step)
     buffer = KVBuffer(n_layer=1, length=keys.size(2))
     buffer.k[0], buffer.v[0] = keys.clone(), values.clone()
-    ctx = PassContext(buffer, pos, span, False, None, None, None)
-    with use_attention_backend(backend), torch.no_grad():
+    ctx = PassContext(buffer, pos, span, False, None, None, None, backend=backend)
+    with torch.no_grad():
         return ctx.attend(0, window, q, keys[:, :, pos], values[:, :, pos])
 
 
@@ -64,31 +65,57 @@ def test_flex_backend_computes_the_model_of_the_sdpa_backend(schedule):
     model, idx = random_model(config), random_tokens(config)
     with torch.no_grad():
         reference = model(idx, idx, schedule=schedule)
-        with use_attention_backend("flex"):
-            fast = model(idx, idx, schedule=schedule)
+        model.attention = "flex"
+        fast = model(idx, idx, schedule=schedule)
     assert rel_err(fast.logits, reference.logits) < 1e-5
     assert abs(fast.loss.item() - reference.loss.item()) < 1e-5
 
 
+def test_two_models_with_different_backends_share_a_process(monkeypatch):
+    """The backend belongs to the model: an sdpa model and a flex model with the same weights run
+    in turn in one process; each runs its own backend (FlexAttention calls are counted), neither
+    changes the other's, and they compute the same function."""
+    config = tiny_config(sequence_len=16)
+    sdpa_model = random_model(config)
+    sdpa_model.attention = "sdpa"
+    flex_model = lrt.LRT(config, attention="flex")
+    flex_model.load_state_dict(sdpa_model.state_dict())
+    calls, original = [], attention.flex_attend
+    monkeypatch.setattr(attention, "flex_attend", lambda *args: calls.append(1) or original(*args))
+    idx, schedule = random_tokens(config), lrt.Interleaved(subsets=2)
+    with torch.no_grad():
+        for _ in range(2):
+            before = len(calls)
+            a = sdpa_model(idx, schedule=schedule).logits
+            assert len(calls) == before  # the sdpa model never reaches FlexAttention
+            b = flex_model(idx, schedule=schedule).logits
+            assert len(calls) > before
+            assert rel_err(b, a) < 1e-5
+    assert (sdpa_model.attention, flex_model.attention) == ("sdpa", "flex")
+
+
 def test_flex_backend_refuses_to_train_on_cpu():
     config = tiny_config()
-    model, idx = random_model(config), random_tokens(config)
-    with use_attention_backend("flex"), pytest.raises(ValueError, match="cannot train on CPU"):
+    model, idx = lrt.LRT(tiny_config(), attention="flex"), random_tokens(config)
+    with pytest.raises(ValueError, match="cannot train on CPU"):
         model(idx, idx, schedule=lrt.Interleaved(subsets=2))
 
 
 def test_unknown_attention_backend_is_refused():
     with pytest.raises(ValueError, match="attention must be one of"):
-        lrt.set_attention_backend("flash")
+        lrt.LRT(tiny_config(), attention="flash")
+    model = lrt.LRT(tiny_config())
+    with pytest.raises(ValueError, match="attention must be one of"):
+        model.attention = "flash"
+    assert model.attention == "auto"
     with pytest.raises(ValueError, match="attention must be one of"):
         lrt.TrainConfig(attention="flash")
 
 
 def test_auto_backend_follows_the_device():
-    with use_attention_backend("auto"):
-        assert lrt.attention_backend() == ("flex" if torch.cuda.is_available() else "sdpa")
-    lrt.set_attention_backend("auto", "cpu")
-    assert lrt.attention_backend() == "sdpa"
+    assert resolve_attention("auto", torch.device("cpu")) == "sdpa"
+    assert resolve_attention("auto", torch.device("cuda")) == "flex"
+    assert resolve_attention("sdpa", torch.device("cuda")) == "sdpa"
 
 
 def test_bfloat16_autocast_trains_like_float32():
@@ -135,9 +162,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 def loss_and_grads(model, idx, schedule, backend="sdpa", forward=None):
     model.zero_grad(set_to_none=True)
-    with use_attention_backend(backend):
-        loss = (model if forward is None else forward)(idx, idx, schedule=schedule, return_logits=False).loss
-        loss.backward()
+    model.attention = backend
+    loss = (model if forward is None else forward)(idx, idx, schedule=schedule, return_logits=False).loss
+    loss.backward()
     return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 

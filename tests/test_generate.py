@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import lrt
+from lrt import Memory
 from lrt.decoding import prefill, sample
 from helpers import random_model, rel_err, tiny_config
 
@@ -32,9 +33,9 @@ def test_greedy_generation_is_argmax_stepping_and_deterministic():
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_fixed_point_prefill_run_to_prompt_length_is_exact(dtype, tol):
     model = random_model(tiny_config(), dtype)
-    exact = prefill(model, PROMPTS, 8, "exact")
-    fixed = prefill(model, PROMPTS, 8, "fixed-point", tol=0.0)
-    assert fixed.passes <= max(map(len, PROMPTS))
+    exact = prefill(model, PROMPTS, 8, memory="exact")
+    fixed = prefill(model, PROMPTS, 8, memory="fixed-point:0")
+    assert fixed.forwards <= max(map(len, PROMPTS))
     assert rel_err(fixed.logits, exact.logits) < tol and rel_err(fixed.state.memory, exact.state.memory) < tol
     for layer in range(model.config.n_layer):
         assert rel_err(fixed.state.cache.k[layer], exact.state.cache.k[layer]) < tol
@@ -42,25 +43,25 @@ def test_fixed_point_prefill_run_to_prompt_length_is_exact(dtype, tol):
 
 def test_fixed_point_prefill_converges_within_tolerance():
     model = random_model(tiny_config(), torch.float64, std=0.15)
-    exact = prefill(model, PROMPTS, 8, "exact")
+    exact = prefill(model, PROMPTS, 8, memory="exact")
     for tol in (1e-2, 1e-4, 1e-8):
-        fixed = prefill(model, PROMPTS, 8, "fixed-point", tol=tol)
+        fixed = prefill(model, PROMPTS, 8, memory=Memory("fixed-point", tol=tol))
         assert (fixed.state.memory - exact.state.memory).abs().max() <= 10 * tol
         assert (fixed.logits - exact.logits).abs().max() <= 100 * tol
 
 
 def test_parallel_prefill_with_an_exact_schedule_is_exact_and_the_training_one_is_not():
     model = random_model(tiny_config(), torch.float64)
-    exact = prefill(model, PROMPTS, 8, "exact")
-    same = prefill(model, PROMPTS, 8, "parallel", lrt.Interleaved(subsets=6))
-    assert rel_err(same.logits, exact.logits) < 1e-12 and same.passes == 7
-    approx = prefill(model, PROMPTS, 8, "parallel", lrt.Interleaved(subsets=2))
+    exact = prefill(model, PROMPTS, 8, memory="exact")
+    same = prefill(model, PROMPTS, 8, memory=Memory("parallel", lrt.Interleaved(subsets=6)))
+    assert rel_err(same.logits, exact.logits) < 1e-12 and same.forwards == 7
+    approx = prefill(model, PROMPTS, 8, memory="parallel:interleaved:2")
     assert rel_err(approx.logits, exact.logits) > 1e-6
 
 
 def test_prefill_state_continues_like_stepping_each_prompt_alone():
     model = random_model(tiny_config(sequence_len=16), torch.float64)
-    pre = prefill(model, PROMPTS, 12, "exact")
+    pre = prefill(model, PROMPTS, 12, memory="exact")
     assert pre.state.pos.tolist() == [6, 2, 5] and pre.state.length == 6
     tokens = torch.tensor([3, 4, 5])
     batched = model.step(tokens, pre.state)
@@ -86,9 +87,10 @@ def test_sampling_controls():
 
 def test_stop_token_and_window():
     model = random_model(tiny_config(sequence_len=10))
-    greedy = model.generate([PROMPTS[0]], 3, temperature=0).tokens[0]
-    stopped = model.generate([PROMPTS[0]], 3, temperature=0, stop_token=greedy[1])
-    assert stopped.tokens[0] == greedy[:1] and stopped.stopped == ["stop"]
+    greedy = model.generate([PROMPTS[0]], 4, temperature=0).tokens[0]
+    first_new = next(i for i in range(1, 4) if greedy[i] not in greedy[:i])  # a token not generated before it
+    stopped = model.generate([PROMPTS[0]], 4, temperature=0, stop_token=greedy[first_new])
+    assert stopped.tokens[0] == greedy[:first_new] and stopped.stopped == ["stop"]
     long = model.generate([PROMPTS[0]], 50, temperature=0)
     assert len(long.tokens[0]) == 10 - 6 and long.stopped == ["window"]
 
@@ -98,8 +100,9 @@ def test_stop_token_and_window():
     ([list(range(9))], {}, "longer than the model's window of 8"),
     ([[1]], dict(temperature=-1), "temperature"),
     ([[1]], dict(top_p=0), "top_p"),
-    ([[1]], dict(prefill_mode="jacobi"), "prefill mode"),
-    ([[1]], dict(prefill_mode="parallel"), "needs the training schedule"),
+    ([[1]], dict(memory="jacobi"), "memory must be one of"),
+    ([[1]], dict(memory="parallel"), "'parallel' needs a schedule"),
+    ([[1]], dict(memory="fixed-point:x"), "the tolerance must be a number"),
 ])
 def test_generation_errors(prompts, kw, match):
     model = random_model(tiny_config())

@@ -73,6 +73,24 @@ def test_init_is_nanochat_and_neutral():
     assert w.abs().max() <= (3 / 32) ** 0.5 and w.std().item() == pytest.approx(32**-0.5, rel=0.1)
 
 
+def test_built_on_meta_and_initialised_in_place():
+    """The large-model path (meta, to_empty, init_weights) initialises every parameter, and gives
+    the weights a direct build on the device gives under the same seed (no default init is paid)."""
+    torch.manual_seed(0)
+    direct = lrt.LRT(tiny_config(), device="cpu")
+    with torch.device("meta"):
+        model = lrt.LRT(tiny_config())
+    assert all(p.is_meta for p in model.parameters())
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    torch.manual_seed(0)
+    model.init_weights()
+    for (name, p), q in zip(model.named_parameters(), direct.parameters()):
+        assert torch.equal(p, q), name
+
+
 def test_zero_memory_lrt_at_init_is_the_baseline_transformer():
     """Neutral gates: before training, the LRT with m = 0 computes the plain transformer's function."""
     torch.manual_seed(0)
@@ -141,3 +159,24 @@ def test_bad_input_raises(idx, targets, match):
     model = lrt.LRT(tiny_config())
     with pytest.raises(ValueError, match=match):
         model(idx, targets)
+
+
+def test_training_forward_computes_no_logits_beyond_its_loss():
+    """With targets, the head runs once per step for the loss; the logits of the output are
+    computed only when read (and only then), in the grad and autocast modes of the forward."""
+    model = random_model(tiny_config(vocab_size=64))
+    idx = random_tokens(model.config)
+    calls = []
+    model.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    out = model(idx, idx, schedule=lrt.Interleaved(subsets=2))
+    assert len(calls) == 3  # one per step of the three passes
+    logits = out.logits
+    assert len(calls) == 4 and out.logits is logits  # computed once, when read
+    with torch.no_grad():
+        reference = model(idx, schedule=lrt.Interleaved(subsets=2)).logits
+    assert torch.equal(logits, reference) and logits.requires_grad and not reference.requires_grad
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        read_inside = model(idx, schedule=lrt.Interleaved(subsets=2)).logits
+        read_later = model(idx, schedule=lrt.Interleaved(subsets=2))
+    assert torch.equal(read_later.logits, read_inside)  # read after the autocast block, computed as inside it
+    assert not torch.equal(model(idx, schedule=lrt.Interleaved(subsets=2)).logits, read_inside)  # float32 differs

@@ -184,3 +184,39 @@ def test_schedule_checks_against_the_sequence():
         model(idx, schedule=lrt.Interleaved(subsets=9))
     with pytest.raises(ValueError, match="one weight per pass"):
         model(idx, idx, schedule=lrt.Interleaved(subsets=2, weights=(1, 1)))
+
+
+@pytest.mark.parametrize("schedule, spec", [
+    (lrt.Baseline(), "baseline"), (lrt.Interleaved(subsets=4), "interleaved:4"),
+    (lrt.MultiRefine(passes=3), "multirefine:3"), (lrt.Chunked(chunk=64), "chunked:64"), (lrt.Sequential(), "sequential"),
+])
+def test_schedules_serialise_to_spec_strings_and_back(schedule, spec):
+    assert schedule.spec == spec and lrt.parse_schedule(spec) == schedule
+
+
+def test_a_spec_without_its_parameter_takes_the_default():
+    assert lrt.parse_schedule("interleaved") == lrt.Interleaved(subsets=2)
+    assert lrt.parse_schedule(" chunked ").spec == "chunked:64"
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("jacobi", "schedule must be one of baseline, interleaved"),
+    ("interleaved:two", "subsets must be an integer, got 'two'"),
+    ("interleaved:0", "subsets must be an integer >= 1"),
+    ("baseline:2", "takes no parameter"),
+    ("chunked:8:8", "takes one parameter"),
+])
+def test_bad_schedule_specs(spec, match):
+    with pytest.raises(ValueError, match=match):
+        lrt.parse_schedule(spec)
+
+
+def test_only_built_in_unweighted_schedules_have_a_spec():
+    class Custom(lrt.Schedule):
+        def plan(self, T):
+            return [[lrt.Step(range(T), "zero")]]
+
+    with pytest.raises(ValueError, match="custom schedule"):
+        Custom().spec
+    with pytest.raises(ValueError, match="pass weights"):
+        lrt.Interleaved(weights=(1, 1, 1)).spec

@@ -9,7 +9,8 @@ from lrt import checkpoint
 from lrt.cli import main
 from lrt.optim import OptimConfig, build_optimizers, lr_multiplier
 from lrt.plots import read_metrics
-from lrt.train import Trainer, TrainConfig
+from lrt.train import Trainer
+from lrt.train_config import TrainConfig
 
 
 def tiny(out, **overrides) -> TrainConfig:
@@ -24,7 +25,7 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize("schedule, optimizer, dtype", [
-    ("interleaved", "muon", "float32"),
+    ("interleaved:2", "muon", "float32"),
     ("baseline", "adamw", "bfloat16"),
 ])
 def test_resuming_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, schedule, optimizer, dtype):
@@ -60,9 +61,9 @@ def test_cli_train_end_to_end(tmp_path, capsys):
     assert summary["step"] == 3 and summary["val_bpb"] > 0
     assert (out / "curves.png").stat().st_size > 1000 and (out / "metrics.jsonl").exists()
     record = checkpoint.read_record(checkpoint.resolve(out))
-    assert record["config"]["injection"] == "kv+residual" and record["train_config"]["schedule"] == "interleaved"
+    assert record["config"]["injection"] == "kv+residual" and record["train_config"]["schedule"] == "interleaved:2"
     final = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "final"][0]
-    assert final["val_bpb_decode"] > 0 and len(final["val_bpb_passes"]) == 3
+    assert final["val_bpb_exact"] > 0 and len(final["val_bpb_passes"]) == 3
     # continue the run for two more steps: flags given on resume override its saved config
     assert main(["train", "--resume", str(out), "--steps", "5"]) == 0
     assert checkpoint.resolve(out).name == "step_000005"
@@ -98,7 +99,9 @@ def _bad_inputs(tmp, good):
         "unknown preset": (["--preset", "huge"], "preset must be one of"),
         "unknown schedule": (["--schedule", "jacobi"], "schedule must be one of"),
         "seq len too short": (["--seq-len", "1"], "seq_len must be an integer >= 2"),
-        "subsets beyond seq len": (["--seq-len", "8", "--subsets", "9"], r"subsets must be in 1\.\.8"),
+        "subsets beyond seq len": (["--seq-len", "8", "--schedule", "interleaved:9"], r"subsets must be in 1\.\.8"),
+        "bad schedule parameter": (["--schedule", "chunked:0"], "chunk must be an integer >= 1"),
+        "unknown device": (["--device", "tpu:x"], "not a device torch knows"),
         "corrupt checkpoint": (["--resume", str(corrupt)], "corrupt"),
         "config mismatch": (["--resume", str(good), "--set", "n_embd=128", "--set", "n_head=1", "--set", "n_kv_head=1"],
                             "config does not match"),

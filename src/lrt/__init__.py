@@ -1,21 +1,29 @@
 """lrt: the Latent Recurrent Transformer (arXiv 2605.26797) in PyTorch."""
 
-from .attention import attention_backend, set_attention_backend, use_attention_backend
 from .config import LRTConfig
 from .decoding import DecodeState, Generation
 from .evaluate import BPBResult, evaluate_bpb
 from .evaluate.core import CoreResult, evaluate_core
+from .memory import MEMORY_MODES, Memory, Reading, read
 from .model import LRT, ParameterCounts, parameter_counts
-from .schedules import Baseline, Chunked, Interleaved, MultiRefine, Schedule, ScheduleOutput, Sequential, Step
-from .train import TrainConfig
+from .presets import PRESETS, VARIANTS
+from .schedules import (Baseline, Chunked, Interleaved, MultiRefine, Schedule, ScheduleOutput, Sequential, Step,
+                        parse_schedule)
+from .train_config import TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LRT",
     "LRTConfig",
+    "PRESETS",
+    "VARIANTS",
     "DecodeState",
     "Generation",
+    "MEMORY_MODES",
+    "Memory",
+    "Reading",
+    "read",
     "BPBResult",
     "evaluate_bpb",
     "CoreResult",
@@ -30,8 +38,6 @@ __all__ = [
     "MultiRefine",
     "Chunked",
     "Sequential",
+    "parse_schedule",
     "TrainConfig",
-    "attention_backend",
-    "set_attention_backend",
-    "use_attention_backend",
 ]

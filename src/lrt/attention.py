@@ -4,12 +4,13 @@ Two backends compute the same function. "sdpa" runs everywhere: a subset pass is
 few query blocks, each attending with a dense mask to the keys up to its last position. "flex"
 (GPU) runs a subset pass as one FlexAttention call whose block mask skips the key blocks no query
 of a tile can see; it is compiled, and it has no backward on CPU. A full causal pass without a
-window is plain causal SDPA (flash attention) under both.
+window is plain causal SDPA (flash attention) under both. Which backend runs is the model's choice
+(`LRT(config, attention=...)`), carried by each pass's context: nothing here is process-wide, so
+models with different backends live side by side.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import warnings
 from dataclasses import dataclass, field
@@ -19,34 +20,21 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 ATTENTION_BACKENDS = ("sdpa", "flex")
-_backend = "sdpa"
+ATTENTION_CHOICES = ("auto", *ATTENTION_BACKENDS)
 
 
-def set_attention_backend(name: str, device: torch.device | str | None = None) -> None:
-    """Choose how subset passes attend, for the whole process (like the torch.backends switches);
-    "auto" is flex when `device` (default: the best available) is CUDA, else sdpa."""
-    global _backend
-    if name == "auto":
-        cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-        name = "flex" if cuda else "sdpa"
-    if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"attention must be one of auto, {', '.join(ATTENTION_BACKENDS)}, got {name!r}")
-    _backend = name
+def check_attention(name: str) -> str:
+    if name not in ATTENTION_CHOICES:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {name!r}")
+    return name
 
 
-def attention_backend() -> str:
-    return _backend
-
-
-@contextlib.contextmanager
-def use_attention_backend(name: str, device: torch.device | str | None = None):
-    """set_attention_backend for the duration of a `with` block."""
-    previous = _backend
-    set_attention_backend(name, device)
-    try:
-        yield
-    finally:
-        set_attention_backend(previous)
+def resolve_attention(name: str, device: torch.device) -> str:
+    """The backend a model's choice means on `device`: "auto" is flex on CUDA (a compiled fused
+    kernel there), sdpa elsewhere (FlexAttention has no backward on CPU)."""
+    if check_attention(name) == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    return name
 
 
 @functools.lru_cache(maxsize=256)
@@ -130,6 +118,7 @@ class PassContext:
     kv_len: int | None  # attend to the first kv_len buffer positions (None: all)
     cos: torch.Tensor
     sin: torch.Tensor
+    backend: str = "sdpa"  # how a subset pass attends (ATTENTION_BACKENDS); the model's choice
     masks: dict = field(default_factory=dict)  # built once per pass, shared by the layers
 
     def _mask(self, window: int | None, query_pos: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -165,7 +154,7 @@ class PassContext:
             if window not in self.masks:
                 self.masks[window] = self._mask(window, self.pos, 0, keys.size(2))
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.masks[window], enable_gqa=True)
-        if _backend == "flex":
+        if self.backend == "flex":
             r = self.span
             # cached across steps in eager mode; under torch.compile it is traced into the graph
             build = span_block_mask.__wrapped__ if torch.compiler.is_compiling() else span_block_mask

@@ -20,28 +20,19 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import attention_backend, use_attention_backend
+from .attention import resolve_attention
 from .config import LRTConfig
 from .decoding import prefill
 from .flops import training_flops_per_sequence
 from .model import LRT, compile_model, parameter_counts
 from .optim import OptimConfig, build_optimizers
-from .schedules import Baseline, Chunked, Interleaved, MultiRefine
+from .presets import VARIANTS, get_preset
+from .schedules import Baseline, parse_schedule
 
-# benchmark configurations: the demo model, a wider CPU model, and nanochat's d12/d20 for GPUs
-CONFIGS = {
-    "demo": dict(model=dict(n_layer=4, n_embd=256, n_head=4, n_kv_head=4, sequence_len=256, vocab_size=257), batch=8),
-    "wide": dict(model=dict(n_layer=4, n_embd=768, n_head=6, n_kv_head=6, sequence_len=256, vocab_size=257), batch=8),
-    "d12": dict(model=dict(n_layer=12, n_embd=768, n_head=6, n_kv_head=6, sequence_len=2048, vocab_size=32768), batch=16),
-    "d20": dict(model=dict(n_layer=20, n_embd=1280, n_head=10, n_kv_head=10, sequence_len=2048, vocab_size=32768), batch=8),
-}
-TRAIN_SCHEDULES = {
-    "baseline": Baseline(),
-    "interleaved S=2": Interleaved(subsets=2),
-    "interleaved S=4": Interleaved(subsets=4),
-    "multirefine K=1": MultiRefine(passes=1),
-    "chunked C=64": Chunked(chunk=64),
-}
+# the schedules `lrt bench train` compares by default (spec strings; any others may be given)
+TRAIN_SCHEDULES = ("baseline", "interleaved:2", "interleaved:4", "multirefine:1", "chunked:64")
+# how `lrt bench decode` reads the prompt before timing the per-token step
+PREFILL_MEMORIES = ("exact", "parallel:interleaved:2", "fixed-point")
 
 
 # dense bf16 datasheet peaks, TFLOP/s
@@ -49,10 +40,9 @@ PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
 def bench_config(name: str, **overrides) -> tuple[LRTConfig, int]:
-    if name not in CONFIGS:
-        raise ValueError(f"config must be one of {', '.join(CONFIGS)}, got {name!r}")
-    spec = CONFIGS[name]
-    return LRTConfig(**{**spec["model"], **overrides}), spec["batch"]
+    """A preset's model at bench's vocabulary, and its bench micro-batch."""
+    preset = get_preset(name)
+    return preset.config(**overrides), preset.bench_batch
 
 
 def _sync(device: torch.device) -> None:
@@ -123,25 +113,18 @@ def known_peak_tflops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
-def bench_train(config: str = "demo", schedules: list[str] | None = None, repeats: int = 5, warmup: int = 1,
+def bench_train(config: str = "small", *, schedules: list[str] | None = None, repeats: int = 5, warmup: int = 1,
                 batch: int | None = None, seq_len: int | None = None, dtype: str = "float32", device: str = "cpu",
                 compile: bool = False, attention: str = "auto", peak_tflops: float | None = None,
                 progress=print) -> dict:
-    names = schedules or list(TRAIN_SCHEDULES)
-    unknown = [n for n in names if n not in TRAIN_SCHEDULES]
-    if unknown or "baseline" not in names:
-        raise ValueError(f"schedules must include baseline and come from {list(TRAIN_SCHEDULES)}, got {names}")
+    """Forward+backward and step time, FLOP ratio and memory of each schedule (spec strings; the
+    baseline is always measured), in rounds that alternate between them."""
+    names = [parse_schedule(n).spec for n in (schedules or TRAIN_SCHEDULES)]
+    if "baseline" not in names:
+        raise ValueError(f"schedules must include baseline (the ratios' denominator), got {names}")
     device = torch.device(device)
-    with use_attention_backend(attention, device):  # the process's backend is left as it was
-        return _bench_train_with_backend(config, names, repeats, warmup, batch, seq_len, dtype, device, compile,
-                                         peak_tflops, progress)
-
-
-def _bench_train_with_backend(config, names, repeats, warmup, batch, seq_len, dtype, device, compile, peak_tflops,
-                              progress) -> dict:
     peak_tflops = peak_tflops or (known_peak_tflops(device) if dtype == "bfloat16" else None)
-    overrides = {"sequence_len": seq_len} if seq_len else {}
-    lrt_config, default_batch = bench_config(config, **overrides)
+    lrt_config, default_batch = bench_config(config, **({"sequence_len": seq_len} if seq_len else {}))
     batch = batch or default_batch
     T = lrt_config.sequence_len
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16"
@@ -151,11 +134,11 @@ def _bench_train_with_backend(config, names, repeats, warmup, batch, seq_len, dt
     x, y = data[:, :-1], data[:, 1:]
     runs = {}
     for name in names:
-        cfg = LRTConfig(**{**lrt_config.to_dict(), "injection": "none"}) if name == "baseline" else lrt_config
+        cfg = LRTConfig(**{**lrt_config.to_dict(), **VARIANTS["baseline"]}) if name == "baseline" else lrt_config
         torch.manual_seed(0)
-        model = LRT(cfg).to(device)
+        model = LRT(cfg, attention=attention, device=device)
         forward = compile_model(model) if compile else model
-        runs[name] = dict(model=model, forward=forward, schedule=TRAIN_SCHEDULES[name],
+        runs[name] = dict(model=model, forward=forward, schedule=parse_schedule(name),
                           optimizers=build_optimizers(model, OptimConfig()), fb=[], step=[])
 
     def loss_of(run):
@@ -208,7 +191,7 @@ def _bench_train_with_backend(config, names, repeats, warmup, batch, seq_len, dt
                 r[f"ratio_{key}"] = r[key] / base[key]
     return {"kind": "train", "config": config, "model": lrt_config.to_dict(), "batch": batch, "seq_len": T,
             "dtype": dtype, "device": str(device), "device_name": device_name(device), "compile": compile,
-            "attention": attention_backend(), "peak_tflops": peak_tflops, "repeats": repeats,
+            "attention": resolve_attention(attention, device), "peak_tflops": peak_tflops, "repeats": repeats,
             "threads": torch.get_num_threads(), "results": results}
 
 
@@ -242,16 +225,16 @@ def format_train(report: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_decode(config: str = "wide", batches: tuple[int, ...] = (1, 8), tokens: int = 64, prompt_len: int = 64,
+def bench_decode(config: str = "wide", *, batches: tuple[int, ...] = (1, 8), tokens: int = 64, prompt_len: int = 64,
                  repeats: int = 5, device: str = "cpu", dtype: str = "float32", progress=print) -> dict:
+    """Per-token latency of each variant (VARIANTS) at each batch size, and prefill time of each
+    prompt memory (PREFILL_MEMORIES)."""
     device = torch.device(device)
     lrt_config, _ = bench_config(config)
-    variants = {"baseline": dict(injection="none"), "LRT-shared": dict(projection="shared"),
-                "LRT-layerwise": dict(projection="layerwise")}
     models = {}
-    for name, overrides in variants.items():
+    for name, overrides in VARIANTS.items():
         torch.manual_seed(0)
-        models[name] = LRT(LRTConfig(**{**lrt_config.to_dict(), **overrides})).to(device)
+        models[name] = LRT(LRTConfig(**{**lrt_config.to_dict(), **overrides}), device=device)
         if dtype == "bfloat16":
             models[name].to(torch.bfloat16)
     g = torch.Generator().manual_seed(0)
@@ -261,7 +244,7 @@ def bench_decode(config: str = "wide", batches: tuple[int, ...] = (1, 8), tokens
             prompts = torch.randint(0, lrt_config.vocab_size, (b, prompt_len), generator=g).tolist()
             states, next_tokens = {}, {}
             for name, model in models.items():
-                pre = prefill(model, prompts, prompt_len + tokens + 1, "exact")
+                pre = prefill(model, prompts, prompt_len + tokens + 1)
                 states[name], next_tokens[name] = pre.state, pre.logits.argmax(-1)
             # token by token, the models take turns, so a slow moment of the machine hits all of them
             for _ in range(tokens):
@@ -280,22 +263,22 @@ def bench_decode(config: str = "wide", batches: tuple[int, ...] = (1, 8), tokens
             name: {**Timing(samples[(name, b)]).as_dict(), "overhead": statistics.median(samples[(name, b)]) / base - 1}
             for name in models
         }
-    # prefill: the three modes on one prompt batch, LRT-shared (its memory is what they differ in)
+    # prefill: each memory on one prompt batch, LRT-shared (its memory is what they differ in)
     model = models["LRT-shared"]
     prompts = torch.randint(0, lrt_config.vocab_size, (batches[-1], prompt_len), generator=g).tolist()
     prefill_times = {}
-    for mode, kw in (("exact", {}), ("parallel", dict(schedule=Interleaved(subsets=2))), ("fixed-point", dict(tol=1e-4))):
-        times, passes = [], None
+    for memory in PREFILL_MEMORIES:
+        times, forwards = [], None
         for _ in range(1 + repeats):
             out = None
 
             def run():
                 nonlocal out
-                out = prefill(model, prompts, prompt_len + 1, mode, **kw)
+                out = prefill(model, prompts, prompt_len + 1, memory=memory)
 
             times.append(_timed(run, device))
-            passes = out.passes
-        prefill_times[mode] = {**Timing(times[1:]).as_dict(), "passes": passes}
+            forwards = out.forwards
+        prefill_times[memory] = {**Timing(times[1:]).as_dict(), "forwards": forwards}
     return {"kind": "decode", "config": config, "model": lrt_config.to_dict(), "tokens": tokens, "prompt_len": prompt_len,
             "device": str(device), "dtype": dtype, "repeats": repeats, "threads": torch.get_num_threads(),
             "per_token": per_token, "prefill": prefill_times, "prefill_batch": batches[-1]}
@@ -312,6 +295,6 @@ def format_decode(report: dict) -> str:
             spread = f"{1e3 * r['min']:.2f}-{1e3 * r['max']:.2f}"
             lines.append(f"{b:<7}{name:<15}{1e3 * r['median']:>10.3f}{spread:>16}{100 * r['overhead']:>+9.1f}%")
     lines.append(f"prefill of {report['prefill_batch']} x {report['prompt_len']} tokens (LRT-shared):")
-    for mode, r in report["prefill"].items():
-        lines.append(f"  {mode:<12}{1e3 * r['median']:>9.1f} ms  ({r['passes']} passes)")
+    for memory, r in report["prefill"].items():
+        lines.append(f"  {memory:<24}{1e3 * r['median']:>9.1f} ms  ({r['forwards']} forward calls)")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,9 @@ from safetensors.torch import load_file, save_file
 
 from .config import LRTConfig
 from .model import LRT
-from .tokenizer import BPETokenizer, tokenizer_from_reference
+from .runtime import resolve_device
+from .tokenizer import BPETokenizer, Tokenizer, tokenizer_from_reference
+from .train_config import TrainConfig
 
 FORMAT = "lrt-checkpoint-1"
 
@@ -86,7 +89,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
 
 
-def save_checkpoint(run_dir, step: int, model, tokenizer, meta: dict, state: dict, keep: int = 3) -> Path:
+def save_checkpoint(run_dir, step: int, model, *, tokenizer, meta: dict, state: dict, keep: int = 3) -> Path:
     """Write the checkpoint of `step` atomically and prune all but the newest `keep`.
     `meta` is plain JSON; `state` may hold tensors anywhere in it."""
     final = step_dir(run_dir, step)
@@ -155,7 +158,7 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint file {file} is corrupt or truncated ({e})") from None
 
 
-def load_model(path, device: str | torch.device = "cpu"):
+def load_model(path, device: str | torch.device = "cpu", attention: str = "auto"):
     """(model, tokenizer, record) of a checkpoint or run folder."""
     path = resolve(path)
     record = read_record(path)
@@ -163,8 +166,7 @@ def load_model(path, device: str | torch.device = "cpu"):
     if not record.get("tokenizer"):
         raise ValueError(f"checkpoint {path} names no tokenizer")
     tokenizer = tokenizer_from_reference(record["tokenizer"], path)
-    with torch.device("meta"):
-        model = LRT(config)
+    model = LRT(config, attention=attention, device="meta")
     weights = _load_tensors(path / "model.safetensors")
     try:
         model.load_state_dict(weights, strict=True, assign=True)
@@ -176,3 +178,22 @@ def load_model(path, device: str | torch.device = "cpu"):
 def load_train_state(path: Path, record: dict) -> dict:
     """The training state saved beside the weights, tensors in place."""
     return unflatten_tensors(record["train_state"], _load_tensors(path / "train_state.safetensors"))
+
+
+@dataclass
+class Run:
+    """A trained model as the evaluation commands need it."""
+
+    path: Path  # the checkpoint folder
+    model: LRT
+    tokenizer: Tokenizer
+    record: dict  # checkpoint.json
+    train_config: TrainConfig  # how it was trained (its schedule is the `parallel` memory's default)
+
+
+def load_run(path, device: str = "auto") -> Run:
+    """The newest checkpoint of a run folder, or a checkpoint folder, on `device` ("auto": a GPU
+    where there is one)."""
+    path = resolve(path)
+    model, tokenizer, record = load_model(path, resolve_device(device))
+    return Run(path, model, tokenizer, record, TrainConfig.from_dict(record.get("train_config", {})))

@@ -11,6 +11,12 @@ PROJECTIONS = ("shared", "layerwise")
 VALUE_EMBEDS = ("none", "alternating", "all")
 
 
+def option(default, help: str, **metadata):
+    """A field of a run's configuration that is also a command-line flag: `help` (and `choices`)
+    become the flag's (train_config.flag_fields)."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
 def _fail(name: str, allowed: str, got) -> None:
     raise ValueError(f"{name} must be {allowed}, got {got!r}")
 
@@ -119,6 +125,13 @@ class LRTConfig:
         if layer == self.n_layer - 1 or self.window_pattern[layer % len(self.window_pattern)] == "L":
             return None
         return self.short_window if self.short_window is not None else max(1, self.sequence_len // 2)
+
+    def describe(self) -> str:
+        """One line naming the model, e.g. 'LRT kv+residual shared, source layer 3, 4 layers, d=256'."""
+        if self.injection == "none":
+            return f"baseline transformer, {self.n_layer} layers, d={self.n_embd}"
+        return (f"LRT {self.injection} {self.projection}, source layer {self.source_layer}, {self.n_layer} layers, "
+                f"d={self.n_embd}")
 
     # serialisation ------------------------------------------------------------------------------
 

@@ -1,11 +1,6 @@
 """Recurrent decoding (LRT_SPEC section 3): a KV cache plus one memory vector per sequence,
-one forward per token, and the three honest ways of reading a prompt first.
-
-Prefill modes:
-- `exact`: the prompt token by token, the true recurrence (the reference);
-- `parallel`: the training schedule's passes over the prompt (its approximation of the memory);
-- `fixed-point`: full parallel passes, each fed the previous pass's source states, until the
-  source states change by less than `tol`; exact after at most prompt-length passes.
+one forward per token, after the prompt is read with a memory mode (memory.py): `exact` (token
+by token, the reference), `parallel` (a schedule's passes), `fixed-point`, or `zero`.
 """
 
 from __future__ import annotations
@@ -15,9 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import KVBuffer
-from .schedules import Schedule, Sequential, Step, checked_plan, run_step
-
-PREFILL_MODES = ("exact", "parallel", "fixed-point")
+from .memory import Memory, read
 
 
 @dataclass
@@ -35,7 +28,7 @@ class DecodeState:
         return self.pos.size(0)
 
 
-def new_state(model, batch_size: int, max_len: int, zero_memory: bool = False) -> DecodeState:
+def new_state(model, batch_size: int, max_len: int, *, zero_memory: bool = False) -> DecodeState:
     """An empty state; with `zero_memory` the memory stays m = 0 for every token."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -67,7 +60,7 @@ def step(model, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
 def decode(model, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
     """Exact token-by-token recurrence over a batch of sequences: the logits of every position."""
     B, T = idx.shape
-    state = new_state(model, B, T, zero_memory)
+    state = new_state(model, B, T, zero_memory=zero_memory)
     return torch.stack([step(model, idx[:, t], state) for t in range(T)], dim=1)
 
 
@@ -78,17 +71,13 @@ def decode(model, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
 class Prefill:
     state: DecodeState
     logits: torch.Tensor  # (B, vocab): next-token logits after each prompt
-    passes: int  # passes run: the schedule's (parallel), full passes (fixed-point), prompt length (exact)
+    forwards: int  # sequential forward calls the prompt took (exact: its length)
 
 
 @torch.no_grad()
-def prefill(model, prompts: list[list[int]], max_len: int, mode: str = "exact", schedule: Schedule | None = None,
-            tol: float = 1e-4, max_passes: int | None = None) -> Prefill:
+def prefill(model, prompts: list[list[int]], max_len: int, *, memory: Memory | str = "exact") -> Prefill:
     """Read a batch of prompts (lengths may differ) into a decoding state of capacity max_len."""
-    if mode not in PREFILL_MODES:
-        raise ValueError(f"prefill mode must be one of {PREFILL_MODES}, got {mode!r}")
-    if mode == "parallel" and schedule is None:
-        raise ValueError("parallel prefill needs the training schedule")
+    memory = Memory.parse(memory)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     device = model.wte.weight.device
@@ -98,41 +87,15 @@ def prefill(model, prompts: list[list[int]], max_len: int, mode: str = "exact", 
         raise ValueError(f"a prompt of {T} tokens does not fit max_len={max_len}")
     # right padding: every step is causal in position, so padding never reaches a prompt token
     idx = torch.tensor([p + [p[-1]] * (T - len(p)) for p in prompts], device=device)
-    buffer = KVBuffer(model.config.n_layer, T, inplace=True)
-    if mode == "fixed-point":
-        h, passes = _fixed_point(model, idx, buffer, tol, max_passes or T)
-    else:
-        plan = checked_plan(Sequential() if mode == "exact" else schedule, T)
-        h = None
-        for steps in plan:
-            for s in steps:
-                pos, h_step = run_step(model, idx, s, buffer)
-                h = h_step.new_empty(idx.size(0), T, h_step.size(-1)) if h is None else h
-                h[:, pos] = h_step  # the last pass computing a position wins
-        passes = len(plan) if mode == "parallel" else T
-    rows = torch.arange(len(prompts), device=device)
-    last = lengths - 1
+    reading = read(model, idx, memory)
+    buffer, rows, last = reading.buffer, torch.arange(len(prompts), device=device), lengths - 1
     state = new_state(model, len(prompts), max_len)
     for layer in range(model.config.n_layer):
         state.cache.write_kv(layer, torch.arange(T, device=device), buffer.k[layer], buffer.v[layer], full=False)
     state.memory = buffer.source[rows, last]
     state.pos = lengths.clone()
     state.length = T
-    return Prefill(state, model.head(h[rows, last]), passes)
-
-
-def _fixed_point(model, idx, buffer: KVBuffer, tol: float, max_passes: int):
-    """Full passes, each fed the previous one's source states, until they move by at most tol."""
-    T = idx.size(1)
-    _, h = run_step(model, idx, Step(range(T), "zero"), buffer)
-    passes = 1
-    while passes < max_passes:
-        previous = buffer.source
-        _, h = run_step(model, idx, Step(range(T)), buffer)
-        passes += 1
-        if (buffer.source - previous).abs().max() <= tol:
-            break
-    return h, passes
+    return Prefill(state, model.head(reading.output.hidden[rows, last]), reading.forwards)
 
 
 # sampling and generation --------------------------------------------------------------------------
@@ -160,7 +123,12 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
 class Generation:
     tokens: list[list[int]]  # generated tokens per prompt (the stop token excluded)
     stopped: list[str]  # per prompt: "stop" (end of text), "max_tokens" or "window"
-    prefill_passes: int
+    memory: Memory  # how the prompts were read
+    prefill_forwards: int  # sequential forward calls reading the prompts took
+
+    def summary(self) -> str:
+        return (f"[prompt read with {self.memory.spec} memory: {self.prefill_forwards} forward calls; "
+                f"stopped: {', '.join(self.stopped)}]")
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
@@ -175,12 +143,13 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
 
 
 @torch.no_grad()
-def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, seed: int = 0, stop_token: int | None = None, prefill_mode: str = "exact",
-             schedule: Schedule | None = None, tol: float = 1e-4, on_token=None) -> Generation:
+def generate(model, prompts: list[list[int]], max_new_tokens: int, *, memory: Memory | str = "exact",
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+             stop_token: int | None = None, on_token=None) -> Generation:
     """Continue a batch of prompts with the true recurrence: each generated token is one forward
-    that reads and updates the memory. Generation stops at `stop_token`, after max_new_tokens, or
-    at the model's window (config.sequence_len). `on_token(index, token)` streams the tokens."""
+    that reads and updates the memory; `memory` is how the prompts are read first. Generation stops
+    at `stop_token`, after max_new_tokens, or at the model's window (config.sequence_len).
+    `on_token(index, token)` streams the tokens."""
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     window = model.config.sequence_len
     for p in prompts:
@@ -190,7 +159,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
             raise ValueError(f"a prompt of {len(p)} tokens is longer than the model's window of {window} tokens")
     longest = max(len(p) for p in prompts)
     max_len = min(longest + max_new_tokens, window)
-    pre = prefill(model, prompts, max_len, prefill_mode, schedule, tol)
+    memory = Memory.parse(memory)
+    pre = prefill(model, prompts, max_len, memory=memory)
     device = model.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(seed)
     out = [[] for _ in prompts]
@@ -213,4 +183,4 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
             break
         logits = step(model, tokens, state)
     stopped = [s or ("max_tokens" if len(o) >= max_new_tokens else "window") for s, o in zip(stopped, out)]
-    return Generation(out, stopped, pre.passes)
+    return Generation(out, stopped, memory, pre.forwards)

@@ -8,7 +8,6 @@ skips the memory projections Wk, Wv (their input is 0), so only steps that read 
 
 from __future__ import annotations
 
-import torch
 
 from .config import LRTConfig
 from .model import LRT, parameter_counts
@@ -25,8 +24,7 @@ def matrix_params_per_token(config: LRTConfig) -> int:
 
 def memory_projection_params(config: LRTConfig) -> int:
     """Parameters of Wk, Wv (shared or per layer): multiplied only when memory is nonzero."""
-    with torch.device("meta"):
-        model = LRT(config)
+    model = LRT(config, device="meta")
     return sum(p.numel() for name, p in model.named_parameters() if "mem_kv" in name.split("."))
 
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import decoding
-from .attention import KVBuffer, PassContext
+from .attention import KVBuffer, PassContext, check_attention, resolve_attention
 from .config import LRTConfig
 from .schedules import Baseline, Schedule, ScheduleOutput, run_schedule
 
@@ -113,19 +113,38 @@ class Block(nn.Module):
 
 
 class LRT(nn.Module):
-    def __init__(self, config: LRTConfig):
+    """The model. `attention` chooses how subset passes attend (attention.py: auto, sdpa, flex); it
+    belongs to this model, so models with different backends share a process.
+
+    Parameters are created on the meta device and materialised on `device` (default: torch's
+    current default device) before `init_weights`, so nothing is initialised twice. For a model
+    too large to build on one device: `with torch.device("meta"): model = LRT(config)`, shard or
+    move it, then `model.to_empty(device=...)` and `model.init_weights()`."""
+
+    def __init__(self, config: LRTConfig, *, attention: str = "auto", device: torch.device | str | None = None):
         super().__init__()
         self.config = config
+        self.attention = attention
         d, V = config.n_embd, config.vocab_size
-        self.wte = nn.Embedding(V, d)
-        self.value_embeds = nn.ModuleDict(
-            {str(l): nn.Embedding(V, config.kv_dim) for l in range(config.n_layer) if config.has_value_embed(l)}
-        )
-        self.blocks = nn.ModuleList(Block(config, l) for l in range(config.n_layer))
-        shared = config.uses_kv and config.projection == "shared"
-        self.mem_kv = nn.Linear(d, 2 * config.kv_dim, bias=False) if shared else None  # LRT-shared Wk, Wv
-        self.lm_head = nn.Linear(d, V, bias=False)
+        with torch.device("meta"):
+            self.wte = nn.Embedding(V, d)
+            self.value_embeds = nn.ModuleDict(
+                {str(l): nn.Embedding(V, config.kv_dim) for l in range(config.n_layer) if config.has_value_embed(l)}
+            )
+            self.blocks = nn.ModuleList(Block(config, l) for l in range(config.n_layer))
+            shared = config.uses_kv and config.projection == "shared"
+            self.mem_kv = nn.Linear(d, 2 * config.kv_dim, bias=False) if shared else None  # LRT-shared Wk, Wv
+            self.lm_head = nn.Linear(d, V, bias=False)
+        self.to_empty(device=device if device is not None else torch.get_default_device())
         self.init_weights()
+
+    @property
+    def attention(self) -> str:
+        return self._attention
+
+    @attention.setter
+    def attention(self, name: str) -> None:
+        self._attention = check_attention(name)
 
     @torch.no_grad()
     def init_weights(self):
@@ -181,7 +200,8 @@ class LRT(nn.Module):
         needs). Returns the final normed hidden states and the normed source states (B, Tq, d)."""
         cfg = self.config
         x = x0 = norm(self.wte(idx))
-        ctx = PassContext(buffer, pos, span, full, kv_len, *self.rotary(pos, x.dtype))
+        backend = resolve_attention(self.attention, idx.device)
+        ctx = PassContext(buffer, pos, span, full, kv_len, *self.rotary(pos, x.dtype), backend=backend)
         shared_mem_kv = self.mem_kv(memory) if self.mem_kv is not None and memory is not None else None
         source = None
         for layer, block in enumerate(self.blocks):
@@ -201,25 +221,41 @@ class LRT(nn.Module):
         cap = self.config.logit_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
 
+    def deferred_head(self, device_type: str):
+        """`head` as it would run now (grad mode, autocast), to be called later: a schedule's
+        output computes its logits only when they are read."""
+        grad = torch.is_grad_enabled()
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def head(h: torch.Tensor) -> torch.Tensor:
+            with torch.set_grad_enabled(grad), torch.autocast(device_type, dtype=dtype, enabled=autocast):
+                return self.head(h)
+
+        return head
+
     # public entry points ------------------------------------------------------------------------
 
     def forward(
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
+        *,
         schedule: Schedule | None = None,
         return_logits: bool = True,
     ) -> torch.Tensor | ScheduleOutput:
         """`model(idx)` is the zero-memory parallel forward and returns logits (B, T, vocab).
         With targets or a schedule it runs the schedule (default: Baseline, zero memory) and returns
-        a ScheduleOutput with the loss, the per-pass losses and the merged logits."""
+        a ScheduleOutput: the loss and per-pass losses, and logits (merged and per pass) computed
+        from the passes' hidden states only when read, so a training step that reads the loss pays
+        for no logits beyond its loss. `return_logits=False` also drops those hidden states."""
         self._check_input(idx, targets)
         if targets is None and schedule is None:
             T = idx.size(1)
             pos = torch.arange(T, device=idx.device)
             h, _ = self.forward_positions(idx, pos, None, KVBuffer(self.config.n_layer, T), full=True, span=range(T))
             return self.head(h)
-        return run_schedule(self, idx, targets, schedule or Baseline(), return_logits)
+        return run_schedule(self, idx, schedule or Baseline(), targets=targets, return_logits=return_logits)
 
     def _check_input(self, idx: torch.Tensor, targets: torch.Tensor | None) -> None:
         if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32) or idx.size(1) == 0:
@@ -227,8 +263,9 @@ class LRT(nn.Module):
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
 
-    def new_state(self, batch_size: int, max_len: int | None = None, zero_memory: bool = False) -> decoding.DecodeState:
-        return decoding.new_state(self, batch_size, max_len or self.config.sequence_len, zero_memory)
+    def new_state(self, batch_size: int, max_len: int | None = None, *,
+                  zero_memory: bool = False) -> decoding.DecodeState:
+        return decoding.new_state(self, batch_size, max_len or self.config.sequence_len, zero_memory=zero_memory)
 
     def step(self, tokens: torch.Tensor, state: decoding.DecodeState) -> torch.Tensor:
         return decoding.step(self, tokens, state)
@@ -271,8 +308,7 @@ def parameter_counts(model_or_config: LRT | LRTConfig) -> ParameterCounts:
     """Total and pathway parameters; a config is instantiated on the meta device (no memory)."""
     model = model_or_config
     if isinstance(model, LRTConfig):
-        with torch.device("meta"):
-            model = LRT(model_or_config)
+        model = LRT(model_or_config, device="meta")
     named = list(model.named_parameters())
     return ParameterCounts(
         total=sum(p.numel() for _, p in named),

@@ -14,23 +14,29 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import option
+
+OPTIMIZERS = ("auto", "muon", "adamw")
+
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "auto"  # auto | muon | adamw
-    matrix_lr: float = 0.02  # Muon
-    embedding_lr: float = 0.2
-    unembedding_lr: float = 0.004
-    scalar_lr: float = 0.5
-    adamw_lr: float = 4e-3  # the single rate of adamw (best of 2e-3/4e-3/8e-3 on the demo model)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    warmdown_ratio: float = 0.2  # fraction of the run over which the rate decays linearly
-    final_lr_frac: float = 0.0
+    optimizer: str = option("auto", "auto (muon on GPUs, adamw on CPUs), muon (Muon + AdamW) or adamw",
+                            choices=OPTIMIZERS)
+    matrix_lr: float = option(0.02, "Muon learning rate of the hidden matrices")
+    embedding_lr: float = option(0.2, "AdamW rate of the embeddings (muon)")
+    unembedding_lr: float = option(0.004, "AdamW rate of the LM head (muon)")
+    scalar_lr: float = option(0.5, "AdamW rate of the scalars (muon)")
+    # the single rate of adamw (best of 2e-3/4e-3/8e-3 on the demo model)
+    adamw_lr: float = option(4e-3, "the one rate of --optimizer adamw")
+    weight_decay: float = option(0.0, "weight decay of Muon / plain AdamW")
+    warmup_steps: int = option(0, "linear warmup steps")
+    warmdown_ratio: float = option(0.2, "fraction of the steps over which the rate decays linearly at the end")
+    final_lr_frac: float = option(0.0, "the rate at the end of warmdown, as a fraction of the peak")
 
     def __post_init__(self):
-        if self.optimizer not in ("auto", "muon", "adamw"):
-            raise ValueError(f"optimizer must be 'auto', 'muon' or 'adamw', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0 <= self.warmdown_ratio <= 1:
             raise ValueError(f"warmdown_ratio must be in [0, 1], got {self.warmdown_ratio}")
 

@@ -1,14 +1,13 @@
-"""Curves as PNG: training loss and validation BPB, against steps and against training FLOPs."""
+"""Curves as PNG: training loss and validation BPB, against steps and against training FLOPs.
+
+Figures are drawn with matplotlib's object API (a `Figure`, no pyplot), imported when a plot is
+written: importing lrt never touches matplotlib, and a notebook's backend stays its own.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -23,7 +22,10 @@ def _series(records: list[dict], kind: tuple[str, ...], x: str, y: str):
 
 def plot_runs(runs: dict[str, list[dict]], png: str | Path, title: str = "") -> None:
     """One figure: train loss vs step, validation BPB vs step and vs training FLOPs, a line per run."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
     for label, records in runs.items():
         axes[0].plot(*_series(records, ("train",), "step", "loss"), label=label, alpha=0.8)
         for ax, x in ((axes[1], "step"), (axes[2], "flops")):
@@ -38,7 +40,6 @@ def plot_runs(runs: dict[str, list[dict]], png: str | Path, title: str = "") -> 
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    plt.close(fig)
 
 
 def plot_run(metrics_path: str | Path, png: str | Path, title: str = "") -> None:

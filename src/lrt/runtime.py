@@ -1,4 +1,4 @@
-"""Process settings for CPU runs.
+"""Where a run executes: the device a name means, and the one process setting of CPU runs.
 
 glibc's malloc returns large freed blocks to the operating system and takes them back on the
 next step, so every training step pays page faults for its activations (measured on the demo
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+
+import torch
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -27,3 +29,13 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
     except (OSError, AttributeError):
         return False
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is CUDA where there is a GPU, else the CPU; any other name is torch's."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device {name!r} is not a device torch knows ({e})") from None

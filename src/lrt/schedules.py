@@ -11,12 +11,19 @@ m_t with a plan of passes over a shared buffer of keys, values and source states
   fresh ones at its positions, and writes its keys, values and source states back.
 
 Writes are out of place, so gradients flow through the buffer into the steps that filled it.
+
+The built-in schedules serialise to a short spec string (`Interleaved(subsets=2).spec` is
+"interleaved:2", `parse_schedule` reads it back), the one form the command line, checkpoints,
+`lrt bench` and study specs use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -24,7 +31,8 @@ import torch.nn.functional as F
 
 from .attention import KVBuffer
 
-MEMORY_MODES = ("zero", "previous", "boundary")
+# where a step's m_t comes from (a step-level rule; how a whole row was read is memory.MEMORY_MODES)
+STEP_MEMORY = ("zero", "previous", "boundary")
 
 
 @dataclass(frozen=True)
@@ -33,8 +41,8 @@ class Step:
     memory: str = "previous"
 
     def __post_init__(self):
-        if self.memory not in MEMORY_MODES:
-            raise ValueError(f"Step.memory must be one of {MEMORY_MODES}, got {self.memory!r}")
+        if self.memory not in STEP_MEMORY:
+            raise ValueError(f"Step.memory must be one of {STEP_MEMORY}, got {self.memory!r}")
 
 
 def _check_count(name: str, value, low: int = 1) -> None:
@@ -53,8 +61,12 @@ class Schedule:
     `weights` (one per pass) weight the pass losses; None weighs them equally."""
 
     weights: tuple[float, ...] | None = field(default=None, kw_only=True)
+    name: ClassVar[str | None] = None  # the spec's name; None: a custom schedule, without a spec
 
     def __post_init__(self):
+        if self.name is not None:  # a built-in schedule's one parameter (S, K, C) is a count
+            for f in _parameters(type(self)):
+                _check_count(f.name, getattr(self, f.name))
         if self.weights is not None:
             weights = tuple(float(w) for w in self.weights)
             if any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -64,10 +76,21 @@ class Schedule:
     def plan(self, T: int) -> list[list[Step]]:
         raise NotImplementedError
 
+    @property
+    def spec(self) -> str:
+        """The short string naming this schedule, e.g. "interleaved:2"; `parse_schedule` reads it."""
+        if self.name is None:
+            raise ValueError(f"{type(self).__name__} is a custom schedule: only the built-in ones have a spec string")
+        if self.weights is not None:
+            raise ValueError("a schedule with pass weights has no spec string")
+        return ":".join([self.name, *(str(getattr(self, f.name)) for f in _parameters(type(self)))])
+
 
 @dataclass(frozen=True)
 class Baseline(Schedule):
     """One zero-memory pass: the plain transformer's training."""
+
+    name = "baseline"
 
     def plan(self, T):
         return [[Step(range(T), "zero")]]
@@ -78,11 +101,8 @@ class Interleaved(Schedule):
     """The paper's default: a zero-memory pass fills the buffer, then the positions t with
     t mod S == i are recomputed for i = 0..S-1 with memory from the buffer. S = T is exact."""
 
+    name = "interleaved"
     subsets: int = 2
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_count("subsets", self.subsets)
 
     def plan(self, T):
         _check_at_most("subsets", self.subsets, T)
@@ -94,11 +114,8 @@ class MultiRefine(Schedule):
     """A zero-memory pass, then K full passes each fed the previous pass's shifted source states.
     K >= T - 1 is exact."""
 
+    name = "multirefine"
     passes: int = 1
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_count("passes", self.passes)
 
     def plan(self, T):
         return [[Step(range(T), "zero")]] + [[Step(range(T))] for _ in range(self.passes)]
@@ -108,11 +125,8 @@ class MultiRefine(Schedule):
 class Chunked(Schedule):
     """Chunks of C positions in order; memory crosses only chunk boundaries. One pass, T/C steps."""
 
+    name = "chunked"
     chunk: int = 64
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_count("chunk", self.chunk)
 
     def plan(self, T):
         return [[Step(range(c, min(c + self.chunk, T)), "boundary") for c in range(0, T, self.chunk)]]
@@ -122,8 +136,44 @@ class Chunked(Schedule):
 class Sequential(Schedule):
     """The exact recurrence, one position per step, with backpropagation through time."""
 
+    name = "sequential"
+
     def plan(self, T):
         return [[Step(range(t, t + 1)) for t in range(T)]]
+
+
+def _parameters(cls) -> list[dataclasses.Field]:
+    """A built-in schedule's one integer parameter (S, K, C), or none."""
+    return [f for f in dataclasses.fields(cls) if f.name != "weights"]
+
+
+SCHEDULES = {cls.name: cls for cls in (Baseline, Interleaved, MultiRefine, Chunked, Sequential)}
+SCHEDULE_SPECS = "baseline, interleaved[:S] (S=2), multirefine[:K] (K=1), chunked[:C] (C=64), sequential"
+
+
+def parse_schedule(spec: "str | Schedule") -> Schedule:
+    """A schedule from its spec string: "baseline", "interleaved:4", "multirefine:3", "chunked:64",
+    "sequential"; a parameter left out takes its default ("interleaved" is "interleaved:2")."""
+    if isinstance(spec, Schedule):
+        return spec
+    name, *args = str(spec).strip().split(":")
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULE_SPECS}, got {spec!r}")
+    params = _parameters(SCHEDULES[name])
+    if len(args) > len(params):
+        raise ValueError(f"schedule {name} takes {'no parameter' if not params else 'one parameter'}, got {spec!r}")
+    values = {}
+    for f, arg in zip(params, args):
+        try:
+            values[f.name] = int(arg)
+        except ValueError:
+            raise ValueError(f"schedule {spec!r}: {f.name} must be an integer, got {arg!r}") from None
+    return SCHEDULES[name](**values)
+
+
+def schedule_label(schedule: Schedule) -> str:
+    """The spec string where there is one, else the class name (a custom schedule)."""
+    return schedule.spec if schedule.name is not None and schedule.weights is None else type(schedule).__name__
 
 
 @torch.compiler.disable  # plain Python over positions: runs eagerly, its result is a constant to the graph
@@ -152,16 +202,49 @@ def checked_plan(schedule: Schedule, T: int) -> tuple[tuple[Step, ...], ...]:
     return tuple(tuple(steps) for steps in passes)
 
 
+def merge_passes(per_pass: list[tuple[torch.Tensor, torch.Tensor]], T: int) -> torch.Tensor:
+    """(B, T, ...) values where each position comes from the last pass that computed it."""
+    covered = torch.zeros(T, dtype=torch.bool, device=per_pass[0][0].device)
+    kept_pos, kept = [], []
+    for pos, values in reversed(per_pass):
+        keep = ~covered[pos]
+        kept_pos.append(pos[keep])
+        kept.append(values[:, keep])
+        covered[pos] = True
+    order = torch.cat(kept_pos).argsort()
+    return torch.cat(kept, dim=1)[:, order]
+
+
 @dataclass
 class ScheduleOutput:
+    """What a schedule's passes computed. The logits are computed from the final hidden states
+    when first read (`head` is the model's LM head in the grad and autocast modes of the forward),
+    so a training step, which reads only the loss, never holds (B, T, vocab) logits of its passes."""
+
     loss: torch.Tensor | None  # weighted mean of the pass losses
     per_pass_losses: list[torch.Tensor]  # each pass's mean token loss
-    pass_logits: list[tuple[torch.Tensor, torch.Tensor]]  # per pass: positions (n,), logits (B, n, V)
-    logits: torch.Tensor | None  # (B, T, V), each position from the last pass that computed it
+    pass_hidden: list[tuple[torch.Tensor, torch.Tensor]]  # per pass: positions (n,), hidden states (B, n, d)
+    length: int  # T, the positions of the row
+    head: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def hidden(self) -> torch.Tensor | None:
+        """(B, T, d): each position's final hidden state from the last pass that computed it."""
+        return merge_passes(self.pass_hidden, self.length) if self.pass_hidden else None
+
+    @functools.cached_property
+    def pass_logits(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per pass: positions (n,), logits (B, n, vocab)."""
+        return [(pos, self.head(h)) for pos, h in self.pass_hidden]
+
+    @functools.cached_property
+    def logits(self) -> torch.Tensor | None:
+        """(B, T, vocab): each position from the last pass that computed it (None without hidden states)."""
+        return None if self.hidden is None else self.head(self.hidden)
 
 
 def read_memory(buffer: KVBuffer, step: Step) -> torch.Tensor | None:
-    """m_t = the buffer's source state at t-1 where the step's memory mode reads it, else 0.
+    """m_t = the buffer's source state at t-1 where the step's memory rule reads it, else 0.
     Positions form a range, so the reads are a strided slice of the buffer (no gather)."""
     r = step.positions
     if step.memory == "zero" or buffer.source is None or (step.memory == "boundary" and r.start == 0):
@@ -188,43 +271,34 @@ def run_step(model, idx: torch.Tensor, step: Step, buffer: KVBuffer) -> tuple[to
     return pos, h
 
 
-def run_schedule(model, idx, targets, schedule: Schedule, return_logits: bool = True) -> ScheduleOutput:
+def run_schedule(model, idx: torch.Tensor, schedule: Schedule, *, targets: torch.Tensor | None = None,
+                 return_logits: bool = True, buffer: KVBuffer | None = None) -> ScheduleOutput:
+    """Run the schedule's passes over `buffer` (default: a fresh out-of-place one, as training
+    needs). With targets, each pass's mean token loss; with return_logits, the hidden states that
+    the output's logits are computed from."""
     B, T = idx.shape
-    buffer = KVBuffer(model.config.n_layer, T)
-    losses, pass_logits = [], []
+    buffer = buffer if buffer is not None else KVBuffer(model.config.n_layer, T)
+    losses, pass_hidden = [], []
     for steps in checked_plan(schedule, T):
         nll, count, parts = 0.0, 0, []
         for step in steps:
             pos, h = run_step(model, idx, step, buffer)
-            logits = model.head(h)
             if targets is not None:
                 tgt = targets[:, pos]
+                logits = model.head(h)
                 nll = nll + F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-1, reduction="sum")
                 count = count + (tgt != -1).sum()
             if return_logits:
-                parts.append((pos, logits))
+                parts.append((pos, h))
         if targets is not None:
             losses.append(nll / count.clamp(min=1))
         if return_logits:
-            pass_logits.append((torch.cat([p for p, _ in parts]), torch.cat([l for _, l in parts], dim=1)))
+            pass_hidden.append((torch.cat([p for p, _ in parts]), torch.cat([h for _, h in parts], dim=1)))
     loss = None
     if targets is not None:
         w = schedule.weights or (1.0,) * len(losses)
         loss = sum(wi * li for wi, li in zip(w, losses)) / sum(w)
-    return ScheduleOutput(loss, losses, pass_logits, merge_logits(pass_logits, T) if return_logits else None)
-
-
-def merge_logits(pass_logits: list[tuple[torch.Tensor, torch.Tensor]], T: int) -> torch.Tensor:
-    """(B, T, V) logits where each position comes from the last pass that computed it."""
-    covered = torch.zeros(T, dtype=torch.bool, device=pass_logits[0][0].device)
-    kept_pos, kept_logits = [], []
-    for pos, logits in reversed(pass_logits):
-        keep = ~covered[pos]
-        kept_pos.append(pos[keep])
-        kept_logits.append(logits[:, keep])
-        covered[pos] = True
-    order = torch.cat(kept_pos).argsort()
-    return torch.cat(kept_logits, dim=1)[:, order]
+    return ScheduleOutput(loss, losses, pass_hidden, T, model.deferred_head(idx.device.type) if return_logits else None)
 
 
 def describe_pass(steps, T: int) -> str:
@@ -235,20 +309,3 @@ def describe_pass(steps, T: int) -> str:
     r = steps[0].positions
     where = "all positions" if r == range(T) else f"positions t mod {r.step} == {r.start}" if r.step > 1 else f"positions {r.start}..{r.stop - 1}"
     return f"{memory[steps[0].memory]}, {where}"
-
-
-SCHEDULE_NAMES = ("baseline", "interleaved", "multirefine", "chunked", "sequential")
-
-
-def make_schedule(name: str, subsets: int = 2, passes: int = 1, chunk: int = 64) -> Schedule:
-    """A schedule by its command-line name, with the parameter that name uses."""
-    makers = {
-        "baseline": Baseline,
-        "interleaved": lambda: Interleaved(subsets=subsets),
-        "multirefine": lambda: MultiRefine(passes=passes),
-        "chunked": lambda: Chunked(chunk=chunk),
-        "sequential": Sequential,
-    }
-    if name not in makers:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {name!r}")
-    return makers[name]()

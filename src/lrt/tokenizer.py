@@ -102,8 +102,31 @@ class BPETokenizer:
     def reference(self) -> dict:
         return {"kind": "bpe", "file": "tokenizer.json"}
 
+    def summary(self, sample: str = "To be, or not to be, that is the question.") -> str:
+        bytes_per_token = len(sample.encode()) / len(self.encode(sample))
+        return f"{self.vocab_size} tokens; {bytes_per_token:.2f} bytes/token on {sample!r}"
+
 
 Tokenizer = ByteTokenizer | BPETokenizer
+
+
+class TextStream:
+    """Prints a prompt, then its continuation as tokens arrive, holding back a partial UTF-8
+    character until its last byte is there."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt: str):
+        self.tokenizer, self.tokens, self.printed = tokenizer, [], ""
+        print(prompt, end="", flush=True)
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens)
+        if not text.endswith("\ufffd"):
+            print(text[len(self.printed):], end="", flush=True)
+            self.printed = text
+
+    def close(self) -> None:
+        print(self.tokenizer.decode(self.tokens)[len(self.printed):])
 
 
 def load_tokenizer(spec: str | Path) -> Tokenizer:

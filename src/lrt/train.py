@@ -4,113 +4,27 @@ checkpoints and exact resumption."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from . import checkpoint
-from .attention import ATTENTION_BACKENDS, set_attention_backend
 from .config import LRTConfig
 from .data import PackedLoader, train_val_sources, validation_rows
 from .evaluate import evaluate_bpb
 from .flops import training_flops_per_sequence
+from .memory import Memory
 from .model import LRT, compile_model
-from .optim import OptimConfig, build_optimizers, lr_multiplier, set_lr
+from .optim import build_optimizers, lr_multiplier, set_lr
 from .plots import plot_run
-from .schedules import checked_plan, make_schedule
+from .runtime import resolve_device
+from .schedules import checked_plan
 from .tokenizer import load_tokenizer
-
-# model presets: a few fixed sizes, plus d<N> for nanochat's depth knob (n_embd = 64 N, head 128)
-PRESETS = {
-    "tiny": dict(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64),
-    "small": dict(n_layer=4, n_embd=256, n_head=4, n_kv_head=4, sequence_len=256),
-}
-
-
-def preset_config(name: str) -> dict:
-    if name in PRESETS:
-        return dict(PRESETS[name])
-    if name.startswith("d") and name[1:].isdigit() and int(name[1:]) > 0:
-        cfg = LRTConfig.from_depth(int(name[1:]), sequence_len=2048)
-        return {k: getattr(cfg, k) for k in ("n_layer", "n_embd", "n_head", "n_kv_head", "sequence_len")}
-    raise ValueError(f"preset must be one of {', '.join(PRESETS)} or d<depth> (e.g. d12), got {name!r}")
-
-
-@dataclass
-class TrainConfig:
-    out: str = "runs/lrt"
-    data: str | None = None  # None: the bundled Shakespeare corpus
-    val_data: str | None = None
-    tokenizer: str = "byte"  # or the path of a BPE tokenizer JSON
-    preset: str = "small"
-    model: dict = field(default_factory=dict)  # LRTConfig overrides
-    seq_len: int | None = None  # training context; default the preset's sequence_len
-    schedule: str = "interleaved"
-    subsets: int = 2
-    passes: int = 1
-    chunk: int = 64
-    steps: int = 500
-    batch_size: int = 16
-    grad_accum: int = 1
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    dtype: str = "float32"  # autocast dtype: float32 (off) or bfloat16
-    compile: bool = False
-    device: str = "auto"
-    attention: str = "auto"  # subset-pass attention backend: auto, sdpa or flex (attention.py)
-    eval_every: int = 100
-    eval_tokens: int = 65536
-    final_decode: bool = True  # exact decoding BPB at the end of an LRT run
-    save_every: int = 0  # 0: only at the end
-    keep: int = 3
-    seed: int = 0
-
-    def __post_init__(self):
-        if isinstance(self.optim, dict):
-            self.optim = OptimConfig(**self.optim)
-        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_tokens", "keep"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 2):
-            raise ValueError(f"seq_len must be an integer >= 2, got {self.seq_len!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.attention not in ("auto", *ATTENTION_BACKENDS):
-            raise ValueError(f"attention must be one of auto, {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def make_schedule(self):
-        return make_schedule(self.schedule, self.subsets, self.passes, self.chunk)
-
-    def model_config(self, vocab_size: int) -> LRTConfig:
-        """The preset, the schedule's implication (baseline = plain transformer), then overrides."""
-        d = preset_config(self.preset)
-        if self.schedule == "baseline":
-            d["injection"] = "none"
-        d.update(self.model)
-        if self.seq_len is not None:
-            d["sequence_len"] = self.seq_len
-        d["vocab_size"] = vocab_size
-        return LRTConfig.from_dict(d)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from .train_config import TrainConfig
 
 
 class Trainer:
@@ -118,7 +32,6 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
-        set_attention_backend(cfg.attention, self.device)
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.tokenizer)
         self.config = cfg.model_config(self.tokenizer.vocab_size)
@@ -131,7 +44,7 @@ class Trainer:
         self.loader = PackedLoader(train_source, self.tokenizer, cfg.batch_size, self.seq_len)
         self.val_rows = validation_rows(val_source, self.tokenizer, self.seq_len, cfg.eval_tokens)
         self.token_bytes = self.tokenizer.token_bytes()
-        self.model = LRT(self.config).to(self.device)
+        self.model = LRT(self.config, attention=cfg.attention, device=self.device)
         self.optimizers = build_optimizers(self.model, cfg.optim)
         self.step, self.tokens, self.train_time = 0, 0, 0.0
         self.flops_per_step = training_flops_per_sequence(self.config, self.schedule, self.seq_len) * cfg.batch_size * cfg.grad_accum
@@ -189,7 +102,8 @@ class Trainer:
             "loader": self.loader.state_dict(),
             "rng": checkpoint.rng_state(),
         }
-        return checkpoint.save_checkpoint(self.out, self.step, self.model, self.tokenizer, meta, state, self.cfg.keep)
+        return checkpoint.save_checkpoint(self.out, self.step, self.model, tokenizer=self.tokenizer, meta=meta,
+                                          state=state, keep=self.cfg.keep)
 
     # the loop -----------------------------------------------------------------------------------
 
@@ -211,20 +125,21 @@ class Trainer:
         self.tokens += x.numel() * cfg.grad_accum
         return total
 
-    def evaluate(self, decode: bool = False):
-        modes = ("zero",) if self.config.injection == "none" else ("schedule", "decode") if decode else ("schedule",)
+    def evaluate(self, exact: bool = False):
+        """Validation BPB with the training schedule's memory (the baseline: zero), and exact."""
+        memories = [Memory("parallel", self.schedule)] + [Memory("exact")] * exact
         with self.autocast():
-            return evaluate_bpb(self.model, self.val_rows, self.token_bytes, self.schedule, modes=modes)
+            return evaluate_bpb(self.model, self.val_rows, self.token_bytes, memories=memories)
 
     def _log_eval(self, final: bool = False) -> dict:
-        result = self.evaluate(decode=final and self.cfg.final_decode)
+        result = self.evaluate(exact=final and self.cfg.final_decode)
         record = {"step": self.step, "kind": "final" if final else "eval", "flops": self.step * self.flops_per_step,
-                  "val_bpb": result.zero if result.merged is None else result.merged}
-        if result.merged is not None:
-            record["val_bpb_passes"] = result.passes
-        if result.decode is not None:
-            record["val_bpb_decode"] = result.decode
-            record["val_bpb_decode_buckets"] = result.decode_buckets
+                  "val_bpb": result.zero if result.parallel is None else result.parallel}
+        if result.parallel is not None:
+            record["val_bpb_passes"] = result.parallel_passes
+        if result.exact is not None:
+            record["val_bpb_exact"] = result.exact
+            record["val_bpb_exact_buckets"] = result.exact_buckets
         self._log(record)
         return record
 

@@ -161,6 +161,16 @@ class ParquetSource:
         return ParquetSource(self.files[:-1], self.name), ParquetSource(self.files[-1:], f"{self.files[-1]} (validation)")
 
 
+def leading_texts(source, max_chars: int) -> Iterator[str]:
+    """The documents of one pass over `source`, until about max_chars characters are read."""
+    budget = max_chars
+    for text, _ in source.iterate(loop=False):
+        if budget <= 0:
+            return
+        budget -= len(text)
+        yield text
+
+
 def open_source(path: str | Path):
     """One source from a path: parquet shard(s) or text file(s)."""
     path = Path(path)

@@ -1,4 +1,4 @@
-"""Evaluation: bits per byte three ways."""
+"""Evaluation: bits per byte and CORE, each under a named memory mode (memory.py)."""
 
 from .bpb import BPBResult, evaluate_bpb
 

@@ -1,12 +1,10 @@
 """Bits per byte (LRT_SPEC section 5): sum of target nats / (ln 2 x sum of target bytes), with
 special tokens (zero bytes) excluded.
 
-For an LRT model it is measured three ways, each saying which memory the model had:
-- `schedule`: the training schedule's passes, each pass's BPB and the merged BPB (each position
-  from the last pass that computed it);
-- `decode`: the exact token-by-token recurrence, what a user of `generate` gets, with a
-  breakdown by position bucket;
-- `zero`: memory held at 0 (the ablation; for the baseline it is its only BPB).
+Every number says which memory the model had (memory.py): `zero` (the ablation; a baseline's only
+BPB), `parallel` (a schedule's passes: each pass's BPB on its own positions, and merged, each
+position from the last pass that computed it), `exact` (the true recurrence, what generation
+gets, broken down by position bucket) or `fixed-point`.
 """
 
 from __future__ import annotations
@@ -18,21 +16,46 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..memory import Memory, read
+from ..schedules import checked_plan, describe_pass, merge_passes
+
 
 @dataclass
 class BPBResult:
     tokens: int
     bytes: int
     zero: float | None = None
-    merged: float | None = None
-    passes: list[float] = field(default_factory=list)
-    decode: float | None = None
-    decode_buckets: list[tuple[int, int, float]] = field(default_factory=list)  # (first, last position, bpb)
+    parallel: float | None = None  # merged: each position from the last pass that computed it
+    parallel_schedule: str | None = None  # whose passes
+    parallel_passes: list[float] = field(default_factory=list)  # each pass on its own positions
+    parallel_pass_labels: list[str] = field(default_factory=list)
+    exact: float | None = None
+    exact_buckets: list[tuple[int, int, float]] = field(default_factory=list)  # (first, last position, bpb)
+    fixed_point: float | None = None
 
     @property
     def gap(self) -> float | None:
-        """Train/decode gap: merged parallel BPB minus exact decoding BPB."""
-        return None if self.merged is None or self.decode is None else self.merged - self.decode
+        """Train/decode gap: merged parallel BPB minus exact BPB."""
+        return None if self.parallel is None or self.exact is None else self.parallel - self.exact
+
+    def format(self, recurrent: bool = True) -> str:
+        """The report of `lrt eval bpb`; `recurrent` is False for a model without a pathway."""
+        lines = [(f"pass {i} ({label})", bpb) for i, (label, bpb) in
+                 enumerate(zip(self.parallel_pass_labels, self.parallel_passes))]
+        if self.parallel is not None:
+            lines.append(("merged (each position from its last pass)", self.parallel))
+        if self.exact is not None:
+            lines.append(("exact memory, token by token (what generation gets)", self.exact))
+        if self.fixed_point is not None:
+            lines.append(("fixed-point memory", self.fixed_point))
+        if self.zero is not None:
+            lines.append(("zero memory" + (" (ablation)" if recurrent else ""), self.zero))
+        out = [f"  {label:<60} {value:.4f} BPB" for label, value in lines]
+        if self.gap is not None:
+            out.append(f"  {'train/decode gap (merged - exact)':<60} {self.gap:+.4f}")
+        if self.exact_buckets:
+            out.append("exact BPB by position: " + ", ".join(f"{a}-{b}: {v:.3f}" for a, b, v in self.exact_buckets))
+        return "\n".join(out)
 
 
 class _Tally:
@@ -55,41 +78,44 @@ class _Tally:
 
 
 @torch.no_grad()
-def evaluate_bpb(model, rows: torch.Tensor, token_bytes: torch.Tensor, schedule=None, modes=("zero", "schedule", "decode"),
-                 batch_size: int = 16, bucket: int = 64, progress: bool = False) -> BPBResult:
-    """BPB of `model` on rows (N, T+1) of token ids. `schedule` is the training schedule (modes
-    'schedule'); 'decode' is skipped for a model without a pathway, where it equals 'zero'."""
+def evaluate_bpb(model, rows: torch.Tensor, token_bytes: torch.Tensor, *,
+                 memories: tuple[Memory | str, ...] = ("zero", "exact"), batch_size: int = 16, bucket: int = 64,
+                 progress: bool = False) -> BPBResult:
+    """BPB of `model` on rows (N, T+1) of token ids under each of `memories` (at most one of each
+    mode). A model without a pathway is scored with zero memory only: every mode equals it."""
+    memories = [Memory.parse(m) for m in memories]
+    if model.config.injection == "none":
+        memories = [Memory("zero")]
+    modes = [m.mode for m in memories]
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"evaluate_bpb scores each memory mode once, got {[m.spec for m in memories]}")
     device = next(model.parameters()).device
     token_bytes = token_bytes.to(device)
     T = rows.size(1) - 1
-    recurrent = model.config.injection != "none"
-    modes = [m for m in modes if recurrent or m == "zero"] or ["zero"]
-    tallies = {"zero": _Tally(T), "merged": _Tally(T), "decode": _Tally(T)}
+    tallies = {m.mode: _Tally(T) for m in memories}
     pass_tallies: list[_Tally] = []
-    batches = rows.split(batch_size)
-    for batch in tqdm(batches, desc="bpb", disable=not progress, leave=False):
+    for batch in tqdm(rows.split(batch_size), desc="bpb", disable=not progress, leave=False):
         batch = batch.to(device)
         x, y = batch[:, :-1], batch[:, 1:]
-        if "zero" in modes:
-            tallies["zero"].add(model(x), y, token_bytes)
-        if "schedule" in modes and schedule is not None:
-            out = model(x, schedule=schedule)
-            tallies["merged"].add(out.logits, y, token_bytes)
-            pass_tallies += [_Tally(T) for _ in range(len(out.pass_logits) - len(pass_tallies))]
-            for tally, (pos, logits) in zip(pass_tallies, out.pass_logits):
+        for memory in memories:
+            output = read(model, x, memory).output
+            if memory.mode != "parallel":
+                tallies[memory.mode].add(output.logits, y, token_bytes)
+                continue
+            pass_logits = output.pass_logits  # merged from them, so the head runs once per pass position
+            tallies["parallel"].add(merge_passes(pass_logits, T), y, token_bytes)
+            pass_tallies += [_Tally(T) for _ in range(len(pass_logits) - len(pass_tallies))]
+            for tally, (pos, logits) in zip(pass_tallies, pass_logits):
                 tally.add(logits, y[:, pos], token_bytes, pos)
-        if "decode" in modes:
-            tallies["decode"].add(model.decode(x), y, token_bytes)
-    total_bytes = int(token_bytes[rows[:, 1:].to(device)].sum())
-    result = BPBResult(tokens=rows[:, 1:].numel(), bytes=total_bytes)
-    if "zero" in modes:
-        result.zero = tallies["zero"].bpb()
-    if pass_tallies:
-        result.merged = tallies["merged"].bpb()
-        result.passes = [t.bpb() for t in pass_tallies]
-    if "decode" in modes:
-        result.decode = tallies["decode"].bpb()
-        result.decode_buckets = [
-            (a, min(a + bucket, T) - 1, tallies["decode"].bpb(slice(a, a + bucket))) for a in range(0, T, bucket)
-        ]
+    result = BPBResult(tokens=rows[:, 1:].numel(), bytes=int(token_bytes[rows[:, 1:].to(device)].sum()))
+    for memory in memories:
+        setattr(result, memory.mode.replace("-", "_"), tallies[memory.mode].bpb())
+        if memory.mode == "parallel":
+            result.parallel_schedule = memory.spec
+            result.parallel_passes = [t.bpb() for t in pass_tallies]
+            result.parallel_pass_labels = [describe_pass(steps, T) for steps in checked_plan(memory.schedule, T)]
+        if memory.mode == "exact":
+            result.exact_buckets = [
+                (a, min(a + bucket, T) - 1, tallies["exact"].bpb(slice(a, a + bucket))) for a in range(0, T, bucket)
+            ]
     return result

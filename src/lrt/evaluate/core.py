@@ -11,8 +11,8 @@ percent) and `eval_data/<dataset_uri>` jsonl files. Three kinds of task:
 Few-shot examples are drawn deterministically per item, never the item itself. Accuracy is
 centered against the random baseline, (acc - rb) / (1 - rb); CORE is the mean over tasks.
 
-How the model reads each prompt is the memory mode: `zero` (m = 0, a parallel forward),
-`parallel` (the training schedule's passes) or `exact` (token-by-token recurrence).
+How the model reads each prompt is a memory mode (memory.py): `exact` (the default, token by
+token, as generation reads a prompt), `parallel` (a schedule's passes), `fixed-point` or `zero`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..memory import Memory, read
+
 TASK_FIELDS = {
     "multiple_choice": ("query", "choices", "gold"),
     "schema": ("context_options", "continuation", "gold"),
     "language_modeling": ("context", "continuation"),
 }
-MEMORY_MODES = ("zero", "parallel", "exact")
 
 
 @dataclass
@@ -138,9 +139,20 @@ class ItemScore:
     scores: list[float] = field(default_factory=list)  # mean loss per option (multiple choice, schema)
 
 
-def score_item(kind: str, prompts: list[str], gold: int | None, encode, bos: int, max_len: int,
-               logits_fn: Callable[[torch.Tensor], torch.Tensor]) -> ItemScore:
-    seqs = [[bos] + encode(p) for p in prompts]
+@dataclass
+class Reader:
+    """How prompts become token rows and the rows logits: the tokenizer's encode and BOS, the
+    model's window (a longer prompt keeps its last max_len tokens), and the model under a memory."""
+
+    encode: Callable[[str], list[int]]
+    bos: int
+    max_len: int
+    logits_fn: Callable[[torch.Tensor], torch.Tensor]
+
+
+def score_item(reader: Reader, kind: str, prompts: list[str], *, gold: int | None = None) -> ItemScore:
+    bos, max_len = reader.bos, reader.max_len
+    seqs = [[bos] + reader.encode(p) for p in prompts]
     regions = answer_regions(kind, seqs)
     if kind == "language_modeling":
         seqs = seqs[1:]  # only the prompt with the continuation is run
@@ -150,7 +162,7 @@ def score_item(kind: str, prompts: list[str], gold: int | None, encode, bos: int
     regions = [(max(1, a - c), b - c) for (a, b), c in zip(regions, crops)]
     width = max(map(len, seqs))
     idx = torch.tensor([s + [bos] * (width - len(s)) for s in seqs])
-    logits = logits_fn(idx).float().cpu()
+    logits = reader.logits_fn(idx).float().cpu()
     if kind == "language_modeling":
         a, b = regions[0]
         predicted = logits[0, a - 1 : b - 1].argmax(-1)
@@ -174,16 +186,21 @@ class TaskResult:
 
 @dataclass
 class CoreResult:
-    memory: str
+    memory: str  # the memory's spec
     tasks: list[TaskResult]
 
     @property
     def core(self) -> float:
         return sum(t.centered for t in self.tasks) / len(self.tasks)
 
+    def format(self) -> str:
+        lines = [f"  {'task':<34}{'type':<19}{'items':>6}{'accuracy':>10}{'centered':>10}"]
+        lines += [f"  {t.label:<34}{t.kind:<19}{t.items:>6}{t.accuracy:>10.4f}{t.centered:>10.4f}" for t in self.tasks]
+        return "\n".join(lines + [f"CORE = {self.core:.4f}"])
 
-def evaluate_task(task: Task, encode, bos: int, max_len: int, logits_fn, max_items: int | None = None,
-                  progress: bool = False, items: list[dict] | None = None) -> TaskResult:
+
+def evaluate_task(task: Task, reader: Reader, *, max_items: int | None = None, progress: bool = False,
+                  items: list[dict] | None = None) -> TaskResult:
     items = list(items if items is not None else load_items(task))
     random.Random(1337).shuffle(items)
     if max_items is not None:
@@ -193,41 +210,27 @@ def evaluate_task(task: Task, encode, bos: int, max_len: int, logits_fn, max_ite
         others = [j for j in range(len(items)) if j != i]
         shots = [items[j] for j in random.Random(1234 + i).sample(others, min(task.num_fewshot, len(others)))]
         prompts = render(task.kind, item, task.delimiter, shots)
-        correct += score_item(task.kind, prompts, item.get("gold"), encode, bos, max_len, logits_fn).correct
+        correct += score_item(reader, task.kind, prompts, gold=item.get("gold")).correct
     accuracy = correct / len(items)
     rb = task.random_baseline
     return TaskResult(task.label, task.kind, len(items), accuracy, (accuracy - rb) / (1 - rb), rb)
 
 
-def memory_logits_fn(model, memory: str, schedule=None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """How the model reads a batch of prompts: zero memory, the training schedule, or exact decoding."""
-    if memory not in MEMORY_MODES:
-        raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
-    if memory == "parallel" and schedule is None:
-        raise ValueError("memory='parallel' needs the training schedule")
+def evaluate_core(model, tokenizer, bundle: str | Path, *, memory: Memory | str = "exact",
+                  max_per_task: int | None = None, progress: bool = True) -> CoreResult:
+    """CORE of `model`, reading every prompt with the given memory."""
+    memory = Memory.parse(memory)
+    tasks = load_bundle(bundle)
+    items = {t.label: load_items(t) for t in tasks}  # every file is checked before any scoring starts
     device = next(model.parameters()).device
 
     @torch.no_grad()
     def logits_fn(idx):
-        idx = idx.to(device)
-        if memory == "zero":
-            return model(idx)
-        if memory == "parallel":
-            return model(idx, schedule=schedule).logits
-        return model.decode(idx)
+        return read(model, idx.to(device), memory).logits
 
-    return logits_fn
-
-
-def evaluate_core(model, tokenizer, bundle: str | Path, memory: str = "exact", schedule=None,
-                  max_per_task: int | None = None, progress: bool = True) -> CoreResult:
-    """CORE of `model`, reading every prompt with the given memory mode."""
-    tasks = load_bundle(bundle)
-    items = {t.label: load_items(t) for t in tasks}  # every file is checked before any scoring starts
-    logits_fn = memory_logits_fn(model, memory, schedule)
+    reader = Reader(tokenizer.encode, tokenizer.bos_id, model.config.sequence_len, logits_fn)
     results = [
-        evaluate_task(t, tokenizer.encode, tokenizer.bos_id, model.config.sequence_len, logits_fn, max_per_task,
-                      progress, items[t.label])
-        for t in tqdm(tasks, desc=f"CORE ({memory} memory)", disable=not progress)
+        evaluate_task(t, reader, max_items=max_per_task, progress=progress, items=items[t.label])
+        for t in tqdm(tasks, desc=f"CORE ({memory.spec} memory)", disable=not progress)
     ]
-    return CoreResult(memory, results)
+    return CoreResult(memory.spec, results)

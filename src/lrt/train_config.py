@@ -1,0 +1,99 @@
+"""What a training run is: one dataclass, saved in every checkpoint, whose fields are also the
+`lrt train` flags (a field's `help` metadata makes it one: `seq_len` is `--seq-len`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from .attention import ATTENTION_CHOICES, check_attention
+from .config import LRTConfig, option
+from .optim import OptimConfig
+from .presets import PRESET_NAMES, get_preset
+from .schedules import SCHEDULE_SPECS, Schedule, parse_schedule
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class TrainConfig:
+    out: str = option("runs/lrt", "run folder (checkpoints, metrics.jsonl, curves.png)")
+    data: str | None = option(None, "a .txt file, a folder of .txt files, or parquet shards (default: bundled corpus)")
+    val_data: str | None = option(None, "validation data (default: held out from --data)")
+    tokenizer: str = option("byte", "'byte' or a tokenizer JSON from `lrt tokenizer train`")
+    preset: str = option("small", f"model size: {PRESET_NAMES}")
+    model: dict = field(default_factory=dict)  # LRTConfig overrides (--set key=value)
+    seq_len: int | None = option(None, "training context length (default: the preset's)")
+    schedule: str = option("interleaved:2", f"training schedule: {SCHEDULE_SPECS}")
+    steps: int = option(500, "optimizer steps")
+    batch_size: int = option(16, "sequences per micro-batch")
+    grad_accum: int = option(1, "micro-batches per step")
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    dtype: str = option("float32", "float32 or bfloat16 (autocast)", choices=DTYPES)
+    compile: bool = option(False, "torch.compile the model")
+    device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
+    attention: str = option("auto", "subset-pass attention: auto (flex on CUDA, else sdpa), sdpa or flex",
+                            choices=ATTENTION_CHOICES)
+    eval_every: int = option(100, "steps between validations")
+    eval_tokens: int = option(65536, "validation tokens")
+    final_decode: bool = option(True, "the exact-memory validation BPB at the end of an LRT run")
+    save_every: int = option(0, "steps between checkpoints (0: at the end only)")
+    keep: int = option(3, "checkpoints kept")
+    seed: int = option(0, "random seed")
+
+    def __post_init__(self):
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**self.optim)
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_tokens", "keep"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 2):
+            raise ValueError(f"seq_len must be an integer >= 2, got {self.seq_len!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_attention(self.attention)
+        unknown = set(self.model) - {f.name for f in dataclasses.fields(LRTConfig)}
+        if unknown:
+            raise ValueError(f"unknown model field(s) {sorted(unknown)} (--set takes LRTConfig fields)")
+        self.schedule = parse_schedule(self.schedule).spec  # canonical: "interleaved" is "interleaved:2"
+        get_preset(self.preset)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        # checkpoints written before schedules had spec strings name the parameter in its own field
+        legacy = {"interleaved": "subsets", "multirefine": "passes", "chunked": "chunk"}.get(d.get("schedule"))
+        if legacy in d:
+            d["schedule"] = f"{d['schedule']}:{d[legacy]}"
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def make_schedule(self) -> Schedule:
+        return parse_schedule(self.schedule)
+
+    def model_config(self, vocab_size: int) -> LRTConfig:
+        """The preset, the schedule's implication (baseline = plain transformer), then overrides."""
+        d = dict(get_preset(self.preset).shape)
+        if self.schedule == "baseline":
+            d["injection"] = "none"
+        d.update(self.model)
+        if self.seq_len is not None:
+            d["sequence_len"] = self.seq_len
+        d["vocab_size"] = vocab_size
+        return LRTConfig.from_dict(d)
+
+
+def flag_fields(cls) -> list[tuple[dataclasses.Field, type]]:
+    """The fields of a config dataclass that are command-line flags, with their value type."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if "help" in f.metadata:
+            kinds = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
+            out.append((f, kinds[0]))
+    return out
