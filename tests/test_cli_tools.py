@@ -16,7 +16,8 @@ def test_bpe_tokenizer_trains_and_travels_with_the_checkpoint(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--eval-tokens", "128",
                  "--data", str(data), "--tokenizer", str(tok_path), "--out", str(out), "--no-final-decode"]) == 0
     model, tok, record = checkpoint.load_model(out)
-    assert isinstance(tok, BPETokenizer) and record["tokenizer"] == {"kind": "bpe", "file": "tokenizer.json"}
+    assert isinstance(tok, BPETokenizer) and record["tokenizer"] == {"kind": "bpe", "file": "tokenizer.json",
+                                                                     "sha256": tok.sha256()}
     assert model.config.vocab_size == tok.vocab_size <= 300
 
 

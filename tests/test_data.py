@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lrt.data import PackedLoader, bundled_corpus, bundled_works, open_source, train_val_sources, validation_rows
-from lrt.data.sources import VALIDATION_WORKS, TextSource, passages
+from lrt.data.sources import VALIDATION_WORKS, TextSource, passages, pieces
 from lrt.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
@@ -17,6 +17,26 @@ def test_passages_cut_at_blank_lines_and_keep_everything():
     assert all(len(p) <= 200 or "\n\n" not in p for p in parts) and len(parts) > 10
     assert "\n\n".join(parts) == text
     assert passages("one huge paragraph " * 50, max_chars=20) == [("one huge paragraph " * 50).strip()]
+
+
+def test_long_documents_come_out_in_pieces_cut_at_whitespace():
+    text = "lorem ipsum dolor " * 100 + "x" * 50
+    parts = pieces(text, max_chars=64)
+    assert "".join(parts) == text and all(len(p) <= 64 for p in parts)
+    assert all(p.endswith(" ") for p in parts[:-2])  # cut after a space where there is one
+    assert pieces("y" * 130, max_chars=64) == ["y" * 64, "y" * 64, "yy"]  # else a hard cut
+    assert pieces("short", max_chars=64) == ["short"]
+
+
+def test_sources_resume_in_the_middle_of_a_long_document(tmp_path, monkeypatch):
+    monkeypatch.setattr("lrt.data.sources.MAX_DOCUMENT_CHARS", 16)
+    docs = ["a long document of many words " * 3, "short one", "another fairly long document here"]
+    pq.write_table(pa.table({"text": docs}), tmp_path / "shard.parquet")
+    for src in (TextSource(docs, "t", shuffle=False), open_source(tmp_path / "shard.parquet")):
+        walk = [(text, pos) for (text, pos), _ in zip(src.iterate(loop=False), range(100))]
+        assert "".join(text for text, _ in walk) == "".join(docs) and max(len(t) for t, _ in walk) <= 16
+        for k in range(len(walk) - 1):  # from any position, the rest of the walk
+            assert [t for t, _ in src.iterate(walk[k][1], loop=False)] == [t for t, _ in walk[k + 1:]]
 
 
 def test_bundled_corpus_splits_by_whole_works():

@@ -105,7 +105,7 @@ def _bad_inputs(tmp, good):
         "corrupt checkpoint": (["--resume", str(corrupt)], "corrupt"),
         "config mismatch": (["--resume", str(good), "--set", "n_embd=128", "--set", "n_head=1", "--set", "n_kv_head=1"],
                             "config does not match"),
-        "existing run": (["--out", str(good)], "already holds checkpoints"),
+        "existing run": (["--out", str(good)], "holds another run"),
         "unknown model field": (["--set", "n_layers=3"], "unknown model field"),
     }
 

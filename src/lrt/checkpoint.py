@@ -9,7 +9,10 @@ A checkpoint is a folder `step_000123/` holding
   references to those tensors;
 - `tokenizer.json` for a BPE tokenizer.
 It is written to a temporary folder and renamed into place, so a crash leaves either the old
-set of checkpoints or the new one, and the last `keep` are kept.
+set of checkpoints or the new one, and the last `keep` are kept. Only folders named exactly
+`step_NNNNNN` are checkpoints; `recover` tidies what a killed save leaves (`.tmp`, `.old`).
+Weights that are not finite are never written, and never loaded. Everything a checkpoint refers
+to lies inside its folder: the tokenizer is a file beside the weights, checked by content hash.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,38 +88,73 @@ def step_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
 
 
+CHECKPOINT_NAME = re.compile(r"step_\d{6,}")
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name))
+
+
+def recover(run_dir: Path) -> None:
+    """Tidy what a killed save leaves: a `.tmp` folder is an unfinished write (removed); an `.old`
+    folder is the previous copy of a step being rewritten, which goes back in place when the new
+    copy never arrived and is removed when it did. Call with the run folder locked."""
+    root = Path(run_dir) / "checkpoints"
+    for leftover in sorted(root.glob("step_*.tmp")) + sorted(root.glob("step_*.old")):
+        final = leftover.with_suffix("")
+        if leftover.suffix == ".old" and not final.exists():
+            leftover.rename(final)
+        else:
+            shutil.rmtree(leftover)
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    return [name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(run_dir, step: int, model, *, tokenizer, meta: dict, state: dict, keep: int = 3) -> Path:
     """Write the checkpoint of `step` atomically and prune all but the newest `keep`.
-    `meta` is plain JSON; `state` may hold tensors anywhere in it."""
+    `meta` is plain JSON; `state` may hold tensors anywhere in it. Refuses non-finite weights."""
+    model = getattr(model, "module", model)  # unwrap DDP / compile
+    model = getattr(model, "_orig_mod", model)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    broken = non_finite(weights)
+    if broken:
+        raise ValueError(f"refusing to save step {step}: non-finite weights in {', '.join(broken[:3])}")
     final = step_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model = getattr(model, "module", model)  # unwrap DDP / compile
-    model = getattr(model, "_orig_mod", model)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    tensors: dict[str, torch.Tensor] = {}
-    state = flatten_tensors(state, tensors, "state")
-    save_file(tensors, tmp / "train_state.safetensors")
-    if isinstance(tokenizer, BPETokenizer):
-        tokenizer.save(tmp / "tokenizer.json")
-    record = {
-        "format": FORMAT,
-        "step": step,
-        "config": model.config.to_dict(),
-        "tokenizer": tokenizer.reference(),
-        **meta,
-        "train_state": state,
-    }
-    (tmp / "checkpoint.json").write_text(json.dumps(record, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        save_file(weights, tmp / "model.safetensors")
+        tensors: dict[str, torch.Tensor] = {}
+        state = flatten_tensors(state, tensors, "state")
+        save_file(tensors, tmp / "train_state.safetensors")
+        if isinstance(tokenizer, BPETokenizer):
+            tokenizer.save(tmp / "tokenizer.json")
+        record = {
+            "format": FORMAT,
+            "step": step,
+            "config": model.config.to_dict(),
+            "tokenizer": tokenizer.reference(),
+            **meta,
+            "train_state": state,
+        }
+        (tmp / "checkpoint.json").write_text(json.dumps(record, indent=1))
+        for f in tmp.iterdir():
+            _fsync(f)
+    except BaseException:  # a full disk, a Ctrl-C: nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # same step written again: swap, so a good copy exists at every moment
         old = final.with_name(final.name + ".old")
         final.rename(old)
@@ -123,6 +162,7 @@ def save_checkpoint(run_dir, step: int, model, *, tokenizer, meta: dict, state: 
         shutil.rmtree(old)
     else:
         tmp.rename(final)
+    _fsync(final.parent)  # the renames themselves reach the disk
     for stale in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(stale)
     return final
@@ -168,6 +208,9 @@ def load_model(path, device: str | torch.device = "cpu", attention: str = "auto"
     tokenizer = tokenizer_from_reference(record["tokenizer"], path)
     model = LRT(config, attention=attention, device="meta")
     weights = _load_tensors(path / "model.safetensors")
+    broken = non_finite(weights)
+    if broken:
+        raise ValueError(f"checkpoint {path} holds non-finite weights ({', '.join(broken[:3])}); it is not usable")
     try:
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as e:

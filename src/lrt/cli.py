@@ -15,6 +15,7 @@ from .memory import MEMORY_SPECS, Memory
 from .optim import OptimConfig
 from .presets import PRESET_NAMES, VARIANTS
 from .runtime import keep_freed_memory
+from .train import Interrupted
 from .train_config import DTYPES, TrainConfig, flag_fields
 
 
@@ -27,6 +28,44 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(f"{self.prog}: error: {message}")
+
+
+# argument types: a value out of range is a one-line usage error before anything runs ---------
+
+
+def _typed(kind, need: str, ok):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _typed(int, "a positive integer", lambda v: v >= 1)
+natural = _typed(int, "an integer >= 0", lambda v: v >= 0)
+row_length = _typed(int, "an integer >= 2", lambda v: v >= 2)
+positive_number = _typed(float, "a finite number > 0", lambda v: 0 < v < float("inf"))
+positive_ints = _typed(lambda t: [int(x) for x in t.split(",")], "comma-separated positive integers",
+                       lambda v: all(x >= 1 for x in v))
+
+
+def _writable_file(text: str) -> Path:
+    """An output file: not a folder, and not under a file."""
+    path = Path(text)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if path.is_dir() or not ancestor.is_dir():
+        raise ValueError
+    return path
+
+
+output_file = _typed(_writable_file, "a file path (not a folder, not under a file)", lambda v: True)
 
 
 def write_json(path: str | None, payload: dict) -> None:
@@ -216,7 +255,7 @@ def cmd_bench_train(args) -> None:
     from .bench import bench_train, format_train
     from .runtime import resolve_device
 
-    report = bench_train(args.config, schedules=args.schedules.split(",") if args.schedules else None,
+    report = bench_train(args.config, schedules=args.schedules.split(",") if args.schedules is not None else None,
                          repeats=args.repeats, warmup=args.warmup, batch=args.batch_size, seq_len=args.seq_len,
                          dtype=args.dtype, device=str(resolve_device(args.device)), compile=args.compile,
                          attention=args.attention, peak_tflops=args.peak_tflops,
@@ -229,7 +268,7 @@ def cmd_bench_decode(args) -> None:
     from .bench import bench_decode, format_decode
     from .runtime import resolve_device
 
-    report = bench_decode(args.config, batches=tuple(int(b) for b in args.batch.split(",")), tokens=args.tokens,
+    report = bench_decode(args.config, batches=tuple(args.batch), tokens=args.tokens,
                           prompt_len=args.prompt_len, repeats=args.repeats, device=str(resolve_device(args.device)),
                           dtype=args.dtype, progress=lambda msg: print(msg, file=sys.stderr))
     print(format_decode(report))
@@ -262,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("params", help="parameter counts of baseline, LRT-shared and LRT-layerwise at a depth")
-    p.add_argument("--depth", type=int, default=20)
-    p.add_argument("--vocab-size", type=int, default=32768)
+    p.add_argument("--depth", type=positive_int, default=20)
+    p.add_argument("--vocab-size", type=positive_int, default=32768)
     p.add_argument("--value-embeds", choices=VALUE_EMBEDS, default="all")
     p.set_defaults(run=cmd_params)
 
@@ -273,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
                    help="model config override, e.g. --set injection=kv --set source_layer=2 (repeatable)")
     p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", default=None,
-                   help="continue a run from its newest checkpoint (flags given here override its config)")
+                   help="continue a run from its newest checkpoint: flags given here override its config, learning "
+                        "rates included; the model, tokenizer and optimizer cannot change. With --out, a folder "
+                        "that holds no run becomes a fork of it")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("tokenizer", help="tokenizer tools")
@@ -281,9 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("train", help="train a byte-level BPE tokenizer on the training split of some data")
     t.add_argument("--data", default=None, help="text file(s) or parquet shards (default: bundled corpus)")
     t.add_argument("--val-data", default=None, help="validation data, excluded from tokenizer training")
-    t.add_argument("--vocab-size", type=int, default=4096)
-    t.add_argument("--max-chars", type=int, default=2_000_000_000, help="characters of training text to read")
-    t.add_argument("--out", default="tokenizer.json")
+    t.add_argument("--vocab-size", type=positive_int, default=4096)
+    t.add_argument("--max-chars", type=positive_int, default=2_000_000_000, help="characters of training text to read")
+    t.add_argument("--out", type=output_file, default="tokenizer.json")
     t.set_defaults(run=cmd_tokenizer_train)
 
     memory_help = f"which memory the model reads with: {MEMORY_SPECS} (bare parallel: the run's training schedule)"
@@ -292,22 +333,22 @@ def build_parser() -> argparse.ArgumentParser:
     e = esub.add_parser("bpb", help="bits per byte under each memory: per pass and merged, exact, zero")
     e.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
     e.add_argument("--data", default=None, help="text file(s) or parquet shards (default: the run's validation split)")
-    e.add_argument("--tokens", type=int, default=65536, help="tokens to evaluate")
-    e.add_argument("--seq-len", type=int, default=None, help="row length (default: the model's sequence_len)")
+    e.add_argument("--tokens", type=positive_int, default=65536, help="tokens to evaluate")
+    e.add_argument("--seq-len", type=row_length, default=None, help="row length (default: the model's sequence_len)")
     e.add_argument("--memory", default="parallel,exact,zero",
                    help=f"comma-separated memories, each scored ({memory_help}); exact is the slow one")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--bucket", type=int, default=64, help="position bucket of the exact BPB breakdown")
+    e.add_argument("--batch-size", type=positive_int, default=16)
+    e.add_argument("--bucket", type=positive_int, default=64, help="position bucket of the exact BPB breakdown")
     e.add_argument("--device", default="auto")
-    e.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    e.add_argument("--json", type=output_file, metavar="PATH", help="also write the numbers as JSON")
     e.set_defaults(run=cmd_eval_bpb)
     e = esub.add_parser("core", help="the CORE suite (DCLM tasks as nanochat) from a local bundle")
     e.add_argument("checkpoint")
     e.add_argument("--bundle", required=True, help="folder with core.yaml, eval_meta_data.csv, eval_data/")
     e.add_argument("--memory", default="exact", help=f"how prompts are read: {memory_help}")
-    e.add_argument("--max-per-task", type=int, default=None, help="items per task (quick runs)")
+    e.add_argument("--max-per-task", type=positive_int, default=None, help="items per task (quick runs)")
     e.add_argument("--device", default="auto")
-    e.add_argument("--json", metavar="PATH")
+    e.add_argument("--json", type=output_file, metavar="PATH")
     e.set_defaults(run=cmd_eval_core)
 
     p = sub.add_parser("generate", help="sample text with the true recurrence")
@@ -316,14 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-file", help="one prompt per line")
     p.add_argument("--memory", default="exact",
                    help=f"how the prompt is read before generating ({memory_help}); generation itself is exact")
-    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--max-tokens", type=positive_int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-k", type=positive_int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=natural, default=0)
     p.add_argument("--quiet", action="store_true", help="print nothing but the JSON/stderr summary")
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--json", type=output_file, metavar="PATH")
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("bench", help="speed and memory of LRT against the baseline, in one process")
@@ -332,34 +373,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", default="small", help=f"model preset: {PRESET_NAMES}")
     b.add_argument("--schedules", default=None,
                    help=f"comma-separated schedule specs, baseline included (default: {','.join(TRAIN_SCHEDULES)})")
-    b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--warmup", type=int, default=1)
-    b.add_argument("--batch-size", type=int, default=None)
-    b.add_argument("--seq-len", type=int, default=None)
+    b.add_argument("--repeats", type=positive_int, default=5)
+    b.add_argument("--warmup", type=natural, default=1)
+    b.add_argument("--batch-size", type=positive_int, default=None)
+    b.add_argument("--seq-len", type=row_length, default=None)
     b.add_argument("--dtype", choices=DTYPES, default="float32")
     b.add_argument("--device", default="auto")
     b.add_argument("--compile", action="store_true")
     b.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
                    help="subset-pass attention: auto (flex on CUDA, else sdpa), sdpa or flex")
-    b.add_argument("--peak-tflops", type=float, default=None,
+    b.add_argument("--peak-tflops", type=positive_number, default=None,
                    help="the device's peak (dense bf16) TFLOP/s for MFU; H100, H200 and A100 are known")
-    b.add_argument("--json", metavar="PATH")
+    b.add_argument("--json", type=output_file, metavar="PATH")
     b.set_defaults(run=cmd_bench_train)
     b = bsub.add_parser("decode", help="per-token decoding latency and prefill time")
     b.add_argument("--config", default="wide", help=f"model preset: {PRESET_NAMES}")
-    b.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
-    b.add_argument("--tokens", type=int, default=64)
-    b.add_argument("--prompt-len", type=int, default=64)
-    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--batch", type=positive_ints, default="1,8", help="comma-separated batch sizes")
+    b.add_argument("--tokens", type=positive_int, default=64)
+    b.add_argument("--prompt-len", type=positive_int, default=64)
+    b.add_argument("--repeats", type=positive_int, default=5)
     b.add_argument("--dtype", choices=DTYPES, default="float32")
     b.add_argument("--device", default="auto")
-    b.add_argument("--json", metavar="PATH")
+    b.add_argument("--json", type=output_file, metavar="PATH")
     b.set_defaults(run=cmd_bench_decode)
 
     p = sub.add_parser("download", help="fetch data for users with internet (never needed by the demo or tests)")
     dsub = p.add_subparsers(dest="download_command", required=True, parser_class=Parser)
     d = dsub.add_parser("shards", help="FineWeb-Edu parquet shards in nanochat's layout")
-    d.add_argument("--num", type=int, default=2, help="number of shards (the last one serves as validation)")
+    d.add_argument("--num", type=positive_int, default=2, help="number of shards (the last one serves as validation)")
     d.add_argument("--out", default="data/fineweb-edu")
     d.add_argument("--base-url", default=None, help="where shard_00000.parquet etc. live")
     d.set_defaults(run=cmd_download_shards)
@@ -370,25 +411,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train a small LRT and its baseline on the bundled corpus (CPU, ~6 min)")
     p.add_argument("--out", default="runs/demo", help="folder of the two runs and the plot")
-    p.add_argument("--steps", type=int, default=None, help="LRT training steps (the baseline gets the same FLOPs)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="LRT training steps (the baseline gets the same FLOPs)")
     p.add_argument("--quick", action="store_true", help="a tiny model for a few seconds (a smoke test)")
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--json", type=output_file, metavar="PATH", help="also write the report as JSON")
     p.set_defaults(run=cmd_demo)
     return parser
 
 
+def debug() -> bool:
+    """LRT_DEBUG=1 (anything but empty or 0) shows tracebacks instead of one-line errors."""
+    return os.environ.get("LRT_DEBUG", "0") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C)."""
     keep_freed_memory()
+    command = "lrt"
     try:
         args = build_parser().parse_args(argv)
+        command = f"lrt {args.command}"
         args.run(args)
     except UsageError as e:
         print(e, file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("LRT_DEBUG"):
+    except Interrupted as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # bad input, and what the machine refuses (a full disk, a path)
+        if debug():
             raise
-        print(f"lrt {args.command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 INJECTIONS = ("kv+residual", "kv", "residual", "none")
@@ -19,6 +20,25 @@ def option(default, help: str, **metadata):
 
 def _fail(name: str, allowed: str, got) -> None:
     raise ValueError(f"{name} must be {allowed}, got {got!r}")
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, low: int = 1) -> None:
+    if not is_int(value) or value < low:
+        _fail(name, "a positive integer" if low == 1 else f"an integer >= {low}", value)
+
+
+def check_number(name: str, value, low: float = 0.0, high: float = math.inf, *, above: bool = False) -> None:
+    """A finite number in [low, high] (or (low, high] with `above`)."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > low if above else value >= low) and value <= high)
+    if not ok:
+        bounds = ([f"> {low:g}" if above else f">= {low:g}"] if low > -math.inf else []) + (
+            [f"<= {high:g}"] if high < math.inf else [])
+        _fail(name, " ".join(["a finite number", " and ".join(bounds)]).strip(), value)
 
 
 @dataclass
@@ -54,39 +74,37 @@ class LRTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "sequence_len", "n_layer", "n_head", "n_kv_head", "n_embd", "gate_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                _fail(name, "a positive integer", value)
+            check_int(name, getattr(self, name))
         if self.n_embd % self.n_head:
             _fail("n_head", f"a divisor of n_embd={self.n_embd}", self.n_head)
         if self.n_head % self.n_kv_head:
             _fail("n_kv_head", f"a divisor of n_head={self.n_head}", self.n_kv_head)
         if self.head_dim % 2:
             _fail("n_head", f"such that head_dim = n_embd / n_head is even (RoPE), head_dim={self.head_dim}", self.n_head)
-        if not self.window_pattern or set(self.window_pattern.upper()) - set("SL"):
+        pattern = self.window_pattern
+        if not isinstance(pattern, str) or not pattern or set(pattern.upper()) - set("SL"):
             _fail("window_pattern", "a non-empty string of 'S' and 'L'", self.window_pattern)
         self.window_pattern = self.window_pattern.upper()
-        if self.short_window is not None and (not isinstance(self.short_window, int) or self.short_window < 1):
-            _fail("short_window", "None or a positive integer", self.short_window)
-        if self.value_embeds not in VALUE_EMBEDS:
-            _fail("value_embeds", f"one of {VALUE_EMBEDS}", self.value_embeds)
-        if self.logit_softcap < 0:
-            _fail("logit_softcap", "0 (off) or positive", self.logit_softcap)
+        if self.short_window is not None:
+            check_int("short_window", self.short_window)
+        for name, allowed in (("value_embeds", VALUE_EMBEDS), ("injection", INJECTIONS), ("projection", PROJECTIONS)):
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
+                _fail(name, f"one of {allowed}", getattr(self, name))
+        if not isinstance(self.residual_scalars, bool):
+            _fail("residual_scalars", "true or false", self.residual_scalars)
+        check_number("logit_softcap", self.logit_softcap)  # 0 is off
+        check_number("rope_base", self.rope_base, above=True)
+        check_number("residual_init", self.residual_init, -math.inf)
         if self.gate_channels > self.n_embd:
             _fail("gate_channels", f"at most n_embd={self.n_embd}", self.gate_channels)
-        if self.injection not in INJECTIONS:
-            _fail("injection", f"one of {INJECTIONS}", self.injection)
-        if self.projection not in PROJECTIONS:
-            _fail("projection", f"one of {PROJECTIONS}", self.projection)
         if self.source_layer is None:
             self.source_layer = max(1, round(2 * self.n_layer / 3))
-        if not isinstance(self.source_layer, int) or not 1 <= self.source_layer <= self.n_layer:
+        if not is_int(self.source_layer) or not 1 <= self.source_layer <= self.n_layer:
             _fail("source_layer", f"a block index in 1..{self.n_layer} (n_layer)", self.source_layer)
         if self.target_layers is not None:
-            layers = tuple(self.target_layers)
-            if not layers or len(set(layers)) != len(layers) or any(
-                not isinstance(l, int) or not 1 <= l <= self.n_layer for l in layers
-            ):
+            layers = tuple(self.target_layers) if isinstance(self.target_layers, (list, tuple)) else ()
+            valid = all(is_int(l) and 1 <= l <= self.n_layer for l in layers)
+            if not layers or not valid or len(set(layers)) != len(layers):
                 _fail("target_layers", f"None (all) or distinct block indices in 1..{self.n_layer}", self.target_layers)
             self.target_layers = tuple(sorted(layers))
 
@@ -147,9 +165,6 @@ class LRTConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown LRTConfig field(s) {unknown}; known fields: {sorted(known)}")
-        d = dict(d)
-        if d.get("target_layers") is not None:
-            d["target_layers"] = tuple(d["target_layers"])
         return cls(**d)
 
     def to_json(self) -> str:

@@ -41,18 +41,21 @@ def new_state(model, batch_size: int, max_len: int, *, zero_memory: bool = False
 
 
 @torch.no_grad()
-def step(model, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
-    """Feed one token per sequence (B,), return the next-token logits (B, vocab)."""
+def step(model, tokens: torch.Tensor, state: DecodeState, active: torch.Tensor | None = None) -> torch.Tensor:
+    """Feed one token per sequence (B,), return the next-token logits (B, vocab). With `active`
+    (B,) bool, only those rows move on: the others (finished) are computed but keep their
+    position, so each row of a batch runs to its own end (the caller keeps active rows in range)."""
     if tokens.shape != (state.batch_size,):
         raise ValueError(f"tokens must have shape ({state.batch_size},) (one per sequence), got {tuple(tokens.shape)}")
-    if state.length >= state.max_len:
+    if active is None and state.length >= state.max_len:
         raise ValueError(f"the decoding state is full (max_len={state.max_len}); create it with a larger max_len")
     memory = None if state.memory is None else state.memory.unsqueeze(1)
-    state.length += 1
-    h, source = model.forward_positions(tokens.unsqueeze(1), state.pos.unsqueeze(1), memory, state.cache, kv_len=state.length)
+    state.length = min(state.length + 1, state.max_len)
+    h, source = model.forward_positions(tokens.unsqueeze(1), state.pos.unsqueeze(1), memory, state.cache,
+                                        kv_len=state.length)
     if state.memory is not None:
         state.memory = source[:, 0]
-    state.pos += 1
+    state.pos += 1 if active is None else active.long()
     return model.head(h)[:, 0]
 
 
@@ -132,8 +135,8 @@ class Generation:
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 <= temperature < float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -166,7 +169,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, memory: Me
     out = [[] for _ in prompts]
     stopped = [""] * len(prompts)
     state, logits = pre.state, pre.logits
-    for _ in range(max_new_tokens):
+    for i in range(max_new_tokens):
         tokens = sample(logits, temperature, top_k, top_p, generator)
         for b, token in enumerate(tokens.tolist()):
             if stopped[b]:
@@ -179,8 +182,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, memory: Me
                 on_token(b, token)
             if len(prompts[b]) + len(out[b]) >= window:
                 stopped[b] = "window"
-        if all(stopped) or state.length >= state.max_len:
+        if all(stopped) or i == max_new_tokens - 1:
             break
-        logits = step(model, tokens, state)
-    stopped = [s or ("max_tokens" if len(o) >= max_new_tokens else "window") for s, o in zip(stopped, out)]
+        # a row still running has fewer than min(its prompt + max_new_tokens, window) tokens: it fits
+        logits = step(model, tokens, state, active=torch.tensor([not s for s in stopped], device=device))
+    stopped = [s or "max_tokens" for s in stopped]
     return Generation(out, stopped, memory, pre.forwards)

@@ -56,7 +56,9 @@ class Memory:
         (a run's training schedule)."""
         if isinstance(spec, Memory):
             return spec
-        mode, _, arg = str(spec).partition(":")
+        mode, colon, arg = str(spec).partition(":")
+        if colon and not arg:
+            raise ValueError(f"memory {spec!r} ends in ':' with nothing after it")
         if mode == "parallel":
             return cls(mode, parse_schedule(arg) if arg else schedule)
         if mode == "fixed-point" and arg:

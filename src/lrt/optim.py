@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import option
+from .config import check_int, check_number, option
 
 OPTIMIZERS = ("auto", "muon", "adamw")
 
@@ -37,8 +37,11 @@ class OptimConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not 0 <= self.warmdown_ratio <= 1:
-            raise ValueError(f"warmdown_ratio must be in [0, 1], got {self.warmdown_ratio}")
+        for name in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "adamw_lr", "weight_decay"):
+            check_number(name, getattr(self, name))
+        check_int("warmup_steps", self.warmup_steps, low=0)
+        check_number("warmdown_ratio", self.warmdown_ratio, high=1)
+        check_number("final_lr_frac", self.final_lr_frac, high=1)
 
 
 def parameter_groups(model) -> dict[str, list[torch.nn.Parameter]]:

@@ -11,7 +11,21 @@ from pathlib import Path
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl. A torn last line (the process was killed while writing
+    it) is left out; any other line that is not JSON is an error naming the file and line."""
+    text = Path(path).read_text()
+    lines = text.splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if n == len(lines) and not text.endswith("\n"):
+                break
+            raise ValueError(f"{path}, line {n}: not a JSON record ({e.msg})") from None
+    return records
 
 
 def _series(records: list[dict], kind: tuple[str, ...], x: str, y: str):

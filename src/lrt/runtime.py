@@ -32,10 +32,18 @@ def keep_freed_memory() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" is CUDA where there is a GPU, else the CPU; any other name is torch's."""
+    """"auto" is CUDA where there is a GPU, else the CPU; "cpu", "cuda[:N]" and "mps" must exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
-    except RuntimeError as e:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
         raise ValueError(f"device {name!r} is not a device torch knows ({e})") from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(device.type, False):
+        raise ValueError(f"device {name!r} is not available on this machine (use auto, cpu, cuda[:N] or mps)")
+    return device

@@ -7,6 +7,7 @@ the denominator of bits per byte.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -100,7 +101,11 @@ class BPETokenizer:
         return lengths
 
     def reference(self) -> dict:
-        return {"kind": "bpe", "file": "tokenizer.json"}
+        """How a checkpoint names it: the copy beside the weights, and its content's hash."""
+        return {"kind": "bpe", "file": "tokenizer.json", "sha256": self.sha256()}
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.tok.to_str().encode()).hexdigest()
 
     def summary(self, sample: str = "To be, or not to be, that is the question.") -> str:
         bytes_per_token = len(sample.encode()) / len(self.encode(sample))
@@ -137,9 +142,17 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
 
 
 def tokenizer_from_reference(ref: dict, directory: Path) -> Tokenizer:
-    """Rebuild the tokenizer a checkpoint refers to (its JSON sits beside the weights)."""
+    """Rebuild the tokenizer a checkpoint refers to: its JSON sits beside the weights (a reference
+    leading outside the checkpoint's folder is refused) and must have the recorded content hash."""
     if ref.get("kind") == "byte":
         return ByteTokenizer()
-    if ref.get("kind") == "bpe":
-        return BPETokenizer.load(directory / ref["file"])
-    raise ValueError(f"unknown tokenizer reference {json.dumps(ref)}")
+    if ref.get("kind") != "bpe" or not isinstance(ref.get("file"), str):
+        raise ValueError(f"unknown tokenizer reference {json.dumps(ref)}")
+    directory = Path(directory).resolve()
+    path = (directory / ref["file"]).resolve()
+    if path.parent != directory:
+        raise ValueError(f"the tokenizer reference {ref['file']!r} leads outside the checkpoint folder {directory}")
+    tokenizer = BPETokenizer.load(path)
+    if "sha256" in ref and tokenizer.sha256() != ref["sha256"]:  # checkpoints before hashes carry none
+        raise ValueError(f"{path} does not match the checkpoint's tokenizer (content hash differs)")
+    return tokenizer

@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass, field
 
 from .attention import ATTENTION_CHOICES, check_attention
-from .config import LRTConfig, option
+from .config import LRTConfig, check_int, option
 from .optim import OptimConfig
 from .presets import PRESET_NAMES, get_preset
 from .schedules import SCHEDULE_SPECS, Schedule, parse_schedule
@@ -46,11 +46,18 @@ class TrainConfig:
         if isinstance(self.optim, dict):
             self.optim = OptimConfig(**self.optim)
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_tokens", "keep"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 2):
-            raise ValueError(f"seq_len must be an integer >= 2, got {self.seq_len!r}")
+            check_int(name, getattr(self, name))
+        check_int("save_every", self.save_every, low=0)
+        check_int("seed", self.seed, low=0)
+        if self.seq_len is not None:
+            check_int("seq_len", self.seq_len, low=2)
+        for name in ("out", "tokenizer", "preset", "device"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if not isinstance(self.model, dict):
+            raise ValueError(f"model must be a dict of LRTConfig overrides, got {self.model!r}")
+        if "vocab_size" in self.model:
+            raise ValueError("vocab_size comes from the tokenizer: it cannot be set with --set")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_attention(self.attention)

@@ -1,8 +1,10 @@
 """Where documents come from: the bundled Shakespeare corpus, local text files, parquet shards.
 
 A source walks its documents in a fixed order from a resumable position (a small JSON-able
-dict), looping over epochs for training or making one pass for validation. Nothing here
-downloads anything.
+dict), looping over epochs for training or making one pass for validation. A document longer
+than MAX_DOCUMENT_CHARS comes out in pieces (cut at whitespace where there is some), each its own
+document, so what the packing loader holds stays bounded whatever the data's document lengths.
+Nothing here downloads anything.
 """
 
 from __future__ import annotations
@@ -17,6 +19,30 @@ from pathlib import Path
 
 # Whole works held out for validation: four plays, about 10% of the corpus's bytes.
 VALIDATION_WORKS = ("hamlet", "macbeth", "tempest", "twelfth_night")
+# The longest document a source hands on (about 2 rows of 2048 BPE tokens; every passage of the
+# bundled corpus is shorter, so it is cut only where a text has long stretches without blank lines).
+MAX_DOCUMENT_CHARS = 8192
+
+
+def pieces(text: str, max_chars: int | None = None) -> list[str]:
+    """`text` cut into pieces of at most max_chars (default MAX_DOCUMENT_CHARS), after the last
+    whitespace of each where there is one: joined again they are the text."""
+    max_chars = max_chars or MAX_DOCUMENT_CHARS
+    out, start = [], 0
+    while len(text) - start > max_chars:
+        cut = max(text.rfind(" ", start, start + max_chars), text.rfind("\n", start, start + max_chars))
+        end = cut + 1 if cut > start else start + max_chars
+        out.append(text[start:end])
+        start = end
+    return out + [text[start:]]
+
+
+def _resume_pieces(text: str, piece: int, position: dict):
+    """The pieces of one document from `piece` on, each with the position after it: the next piece
+    of this document, or (piece 0 of) the next document."""
+    parts = pieces(text)
+    for k in range(piece, len(parts)):
+        yield parts[k], k + 1 < len(parts), {**position, "piece": k + 1}
 
 
 def passages(text: str, max_chars: int = 2000) -> list[str]:
@@ -35,7 +61,7 @@ def passages(text: str, max_chars: int = 2000) -> list[str]:
 
 
 class TextSource:
-    """Documents held in memory, addressed by (epoch, index). With `shuffle` each epoch visits
+    """Documents held in memory, addressed by (epoch, index, piece). With `shuffle` each epoch visits
     them in its own fixed random order: passages of one work are contiguous, and a model fed
     them in order would chase the current work instead of learning the corpus (and a validation
     budget would cover only the first work)."""
@@ -54,12 +80,15 @@ class TextSource:
         return order
 
     def iterate(self, position: dict | None = None, loop: bool = True) -> Iterator[tuple[str, dict]]:
-        epoch, index = (position or {}).get("epoch", 0), (position or {}).get("index", 0)
+        p = {"epoch": 0, "index": 0, "piece": 0, **(position or {})}
+        epoch, index, piece = p["epoch"], p["index"], p["piece"]
         while True:
             order = self.order(epoch)
             while index < len(order):
-                index += 1
-                yield self.documents[order[index - 1]], {"epoch": epoch, "index": index}
+                here = {"epoch": epoch, "index": index}
+                for text, more, after in _resume_pieces(self.documents[order[index]], piece, here):
+                    yield text, after if more else {"epoch": epoch, "index": index + 1, "piece": 0}
+                index, piece = index + 1, 0
             if not loop:
                 return
             epoch, index = epoch + 1, 0
@@ -119,7 +148,7 @@ def read_text_files(path: str | Path) -> TextSource:
 
 class ParquetSource:
     """Parquet shards with a `text` column (the FineWeb-Edu layout of nanochat), streamed one row
-    group at a time. Position: (epoch, file, row group, row)."""
+    group at a time. Position: (epoch, file, row group, row, piece)."""
 
     def __init__(self, files: list[Path], name: str):
         import pyarrow.parquet as pq
@@ -139,20 +168,22 @@ class ParquetSource:
     def iterate(self, position: dict | None = None, loop: bool = True) -> Iterator[tuple[str, dict]]:
         import pyarrow.parquet as pq
 
-        p = {"epoch": 0, "file": 0, "group": 0, "row": 0, **(position or {})}
+        p = {"epoch": 0, "file": 0, "group": 0, "row": 0, "piece": 0, **(position or {})}
         while True:
             while p["file"] < len(self.files):
                 pf = pq.ParquetFile(self.files[p["file"]])
                 while p["group"] < self.row_groups[p["file"]]:
                     texts = pf.read_row_group(p["group"], columns=["text"]).column("text").to_pylist()
                     while p["row"] < len(texts):
-                        p["row"] += 1
-                        yield texts[p["row"] - 1], dict(p)
+                        here = {k: p[k] for k in ("epoch", "file", "group", "row")}
+                        for text, more, after in _resume_pieces(texts[p["row"]], p["piece"], here):
+                            yield text, after if more else {**here, "row": p["row"] + 1, "piece": 0}
+                        p["row"], p["piece"] = p["row"] + 1, 0
                     p["group"], p["row"] = p["group"] + 1, 0
                 p["file"], p["group"] = p["file"] + 1, 0
             if not loop:
                 return
-            p = {"epoch": p["epoch"] + 1, "file": 0, "group": 0, "row": 0}
+            p = {"epoch": p["epoch"] + 1, "file": 0, "group": 0, "row": 0, "piece": 0}
 
     def split(self, val_fraction: float) -> tuple["ParquetSource", "ParquetSource"]:
         """The last shard is validation (nanochat's rule); val_fraction does not apply."""

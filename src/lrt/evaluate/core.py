@@ -58,24 +58,67 @@ def load_bundle(bundle: str | Path) -> list[Task]:
         spec = yaml.safe_load((bundle / "core.yaml").read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"{bundle / 'core.yaml'} is not valid YAML ({e})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("icl_tasks"), list):
-        raise ValueError(f"{bundle / 'core.yaml'} has no icl_tasks list")
-    with open(bundle / "eval_meta_data.csv", newline="") as f:
-        baselines = {row["Eval Task"]: float(row["Random baseline"]) for row in csv.DictReader(f)}
+    if not isinstance(spec, dict) or not isinstance(spec.get("icl_tasks"), list) or not spec["icl_tasks"]:
+        raise ValueError(f"{bundle / 'core.yaml'} has no icl_tasks list (or an empty one)")
+    baselines = read_baselines(bundle / "eval_meta_data.csv")
     tasks = []
     for entry in spec["icl_tasks"]:
+        entry = entry if isinstance(entry, dict) else {}
         label, kind = entry.get("label"), entry.get("icl_task_type")
         if kind not in TASK_FIELDS:
             raise ValueError(f"task {label!r}: unknown icl_task_type {kind!r} (known: {', '.join(TASK_FIELDS)})")
         if label not in baselines:
             raise ValueError(f"task {label!r} has no random baseline in {bundle / 'eval_meta_data.csv'}")
+        if not isinstance(entry.get("dataset_uri"), str):
+            raise ValueError(f"task {label!r}: dataset_uri must name a file under eval_data/")
         path = bundle / "eval_data" / entry["dataset_uri"]
         if not path.is_file():
             raise FileNotFoundError(f"task {label!r}: data file {path} is missing")
         fewshot = entry.get("num_fewshot", [0])
-        tasks.append(Task(label, kind, path, int(fewshot[0] if isinstance(fewshot, list) else fewshot),
-                          entry.get("continuation_delimiter", " "), baselines[label] / 100))
+        fewshot = fewshot[0] if isinstance(fewshot, list) and fewshot else fewshot
+        if not isinstance(fewshot, int) or isinstance(fewshot, bool) or fewshot < 0:
+            raise ValueError(f"task {label!r}: num_fewshot must be an integer >= 0, got {fewshot!r}")
+        delimiter = entry.get("continuation_delimiter", " ")
+        if not isinstance(delimiter, str):
+            raise ValueError(f"task {label!r}: continuation_delimiter must be a string, got {delimiter!r}")
+        tasks.append(Task(label, kind, path, fewshot, delimiter, baselines[label] / 100))
     return tasks
+
+
+def read_baselines(path: Path) -> dict[str, float]:
+    """Each task's random baseline, a percentage in [0, 100)."""
+    baselines = {}
+    with open(path, newline="") as f:
+        for n, row in enumerate(csv.DictReader(f), 2):
+            try:
+                value = float(row["Random baseline"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path}, line {n}: needs a numeric 'Random baseline' column") from None
+            if not 0 <= value < 100:
+                raise ValueError(f"{path}, line {n}: the random baseline must be a percentage in [0, 100), got {value}")
+            baselines[row.get("Eval Task")] = value
+    return baselines
+
+
+def check_item(kind: str, item) -> str | None:
+    """What is wrong with an item of a task of `kind`, or None."""
+    if not isinstance(item, dict):
+        return "an item must be a JSON object"
+    missing = [k for k in TASK_FIELDS[kind] if k not in item]
+    if missing:
+        return f"a {kind} item needs {', '.join(missing)}"
+    options = {"multiple_choice": "choices", "schema": "context_options"}.get(kind)
+    texts = [item[k] for k in TASK_FIELDS[kind] if k not in (options, "gold")]
+    if options is not None:
+        if not isinstance(item[options], list) or not item[options]:
+            return f"{options} must be a non-empty list"
+        texts += item[options]
+        gold = item["gold"]
+        if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(item[options]):
+            return f"gold must index {options} (0..{len(item[options]) - 1}), got {gold!r}"
+    if not all(isinstance(t, str) for t in texts):
+        return "every text of an item must be a string"
+    return None
 
 
 def load_items(task: Task) -> list[dict]:
@@ -88,9 +131,9 @@ def load_items(task: Task) -> list[dict]:
                 item = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{task.path}, line {n}: malformed JSON ({e.msg})") from None
-            missing = [k for k in TASK_FIELDS[task.kind] if k not in item]
-            if missing:
-                raise ValueError(f"{task.path}, line {n}: a {task.kind} item needs {', '.join(missing)}")
+            problem = check_item(task.kind, item)
+            if problem:
+                raise ValueError(f"{task.path}, line {n}: {problem}")
             items.append(item)
     if not items:
         raise ValueError(f"{task.path} holds no items")
@@ -220,6 +263,8 @@ def evaluate_core(model, tokenizer, bundle: str | Path, *, memory: Memory | str 
                   max_per_task: int | None = None, progress: bool = True) -> CoreResult:
     """CORE of `model`, reading every prompt with the given memory."""
     memory = Memory.parse(memory)
+    if max_per_task is not None and (not isinstance(max_per_task, int) or max_per_task < 1):
+        raise ValueError(f"max_per_task must be None or a positive integer, got {max_per_task!r}")
     tasks = load_bundle(bundle)
     items = {t.label: load_items(t) for t in tasks}  # every file is checked before any scoring starts
     device = next(model.parameters()).device
