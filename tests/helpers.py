@@ -5,6 +5,7 @@ import itertools
 import torch
 
 import lrt
+from lrt.evaluate.core import SAMPLE_ITEMS
 
 INJECTIONS = ("kv+residual", "kv", "residual", "none")
 PROJECTIONS = ("shared", "layerwise")
@@ -57,40 +58,9 @@ def variant_id(v):
 
 def write_core_bundle(root, tasks: dict, baselines: dict | None = None):
     """A CORE bundle in the real layout: tasks maps label -> (icl_task_type, num_fewshot, items)."""
-    import csv
-    import json
-    import pathlib
+    from lrt.evaluate.core import write_bundle
 
-    root = pathlib.Path(root)
-    (root / "eval_data" / "sub").mkdir(parents=True, exist_ok=True)
-    lines = ["icl_tasks:"]
-    for label, (kind, shots, items) in tasks.items():
-        lines += ["-", f"  label: {label}", f"  dataset_uri: sub/{label}.jsonl", f"  num_fewshot: [{shots}]",
-                  f"  icl_task_type: {kind}", "  continuation_delimiter: ' '"]
-        (root / "eval_data" / "sub" / f"{label}.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
-    (root / "core.yaml").write_text("\n".join(lines) + "\n")
-    with open(root / "eval_meta_data.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Eval Task", "Task Category", "Task Type", "#shots", "#datapoints", "Random baseline", "Centered Metric?", "Description"])
-        for label in tasks:
-            w.writerow([label, "test", "", 0, 0, (baselines or {}).get(label, 0.0), "", ""])
-    return root
+    return write_bundle(root, tasks, baselines)
 
 
-MC_ITEMS = [
-    {"query": "The sky is", "choices": ["blue", "green", "loud", "square"], "gold": 0},
-    {"query": "Two plus two is", "choices": ["three", "four", "five", "six"], "gold": 1},
-    {"query": "Ice is", "choices": ["hot", "dry", "cold", "red"], "gold": 2},
-    {"query": "Cats say", "choices": ["meow", "moo", "oink", "quack"], "gold": 0},
-]
-SCHEMA_ITEMS = [
-    {"context_options": ["The ball broke the window because it was hard.", "The ball broke the window because it was soft."],
-     "continuation": "It shattered.", "gold": 0},
-    {"context_options": ["Anna thanked Beth because she had helped.", "Anna thanked Beth because she had ignored her."],
-     "continuation": "Beth smiled.", "gold": 0},
-]
-LM_ITEMS = [
-    {"context": "The capital of France is", "continuation": "Paris"},
-    {"context": "One, two, three,", "continuation": "four"},
-    {"context": "Roses are red, violets are", "continuation": "blue"},
-]
+MC_ITEMS, SCHEMA_ITEMS, LM_ITEMS = (SAMPLE_ITEMS[kind] for kind in ("multiple_choice", "schema", "language_modeling"))

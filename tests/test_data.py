@@ -78,9 +78,10 @@ def test_rows_start_with_bos_and_nothing_is_dropped():
             emitted.update(t for t in row if t != TOK.bos_id)
     buffered = collections.Counter(t for doc in loader.buffer for t in doc if t != TOK.bos_id)
     read = collections.Counter()
-    src_iter = loader.source.iterate()
-    for _ in range(loader.documents_read):
-        read.update(TOK.encode(next(src_iter)[0]))
+    for text, position in loader.source.iterate():
+        read.update(TOK.encode(text))
+        if position == loader.position:  # up to the last document the loader read
+            break
     assert emitted + buffered == read
 
 
@@ -104,7 +105,7 @@ def test_loader_resumes_exactly():
         assert xa.equal(xb) and ya.equal(yb)
 
 
-def test_ranks_read_disjoint_documents():
+def test_ranks_read_disjoint_documents_that_cover_the_stream():
     docs = [f"doc {i:03d}" for i in range(20)]
     seen = []
     for rank in range(2):
@@ -114,6 +115,38 @@ def test_ranks_read_disjoint_documents():
             rows.append(TOK.decode(row))
         seen.append(set(rows))
     assert seen[0] and seen[1] and not seen[0] & seen[1]
+    src = TextSource(docs, "t")
+    shards = [[t for t, _ in src.iterate(loop=False, shard=(rank, 2))] for rank in range(2)]
+    assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == sorted(docs)
+
+
+def test_ranks_read_disjoint_row_groups(tmp_path):
+    for f in range(2):  # 2 files x 3 row groups of 2 documents
+        table = pa.table({"text": [f"file {f} doc {i}" for i in range(6)]})
+        pq.write_table(table, tmp_path / f"shard_{f}.parquet", row_group_size=2)
+    src = open_source(tmp_path)
+    shards = [[t for t, _ in src.iterate(loop=False, shard=(rank, 4))] for rank in range(4)]
+    assert shards[0] == ["file 0 doc 0", "file 0 doc 1", "file 1 doc 2", "file 1 doc 3"]  # groups 0 and 4
+    assert sorted(sum(shards, [])) == sorted(t for t, _ in src.iterate(loop=False))
+
+
+def test_a_new_world_size_restarts_at_the_earliest_position_and_skips_nothing():
+    from lrt.data.sources import earliest
+
+    src = TextSource([f"document {i:02d}" for i in range(40)], "t")
+    consumed, positions = set(), []
+    for rank, count in ((0, 5), (1, 9)):  # two old ranks that had read different amounts
+        for (text, position), _ in zip(src.iterate(shard=(rank, 2)), range(count)):
+            consumed.add(text)
+        positions.append(position)
+    start = earliest(positions)
+    assert start == positions[0]
+    after = set()
+    for rank in range(3):  # three new ranks
+        after |= {text for (text, _), _ in zip(src.iterate(start, shard=(rank, 3)), range(8))}
+    order = [src.documents[i] for i in src.order(0)]
+    next_unread = [d for d in order[start["index"]:start["index"] + 20] if d not in consumed]
+    assert next_unread and set(next_unread) <= after  # nothing skipped; some documents come twice
 
 
 def test_text_files_and_folders(tmp_path):

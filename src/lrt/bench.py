@@ -115,8 +115,8 @@ def known_peak_tflops(device: torch.device) -> float | None:
 
 def bench_train(config: str = "small", *, schedules: list[str] | None = None, repeats: int = 5, warmup: int = 1,
                 batch: int | None = None, seq_len: int | None = None, dtype: str = "float32", device: str = "cpu",
-                compile: bool = False, attention: str = "auto", peak_tflops: float | None = None,
-                progress=print) -> dict:
+                compile: bool = False, attention: str = "auto", activation_checkpointing: bool = False,
+                peak_tflops: float | None = None, progress=print) -> dict:
     """Forward+backward and step time, FLOP ratio and memory of each schedule (spec strings; the
     baseline is always measured), in rounds that alternate between them."""
     names = [parse_schedule(n).spec for n in (schedules or TRAIN_SCHEDULES)]
@@ -136,7 +136,7 @@ def bench_train(config: str = "small", *, schedules: list[str] | None = None, re
     for name in names:
         cfg = LRTConfig(**{**lrt_config.to_dict(), **VARIANTS["baseline"]}) if name == "baseline" else lrt_config
         torch.manual_seed(0)
-        model = LRT(cfg, attention=attention, device=device)
+        model = LRT(cfg, attention=attention, activation_checkpointing=activation_checkpointing, device=device)
         forward = compile_model(model) if compile else model
         runs[name] = dict(model=model, forward=forward, schedule=parse_schedule(name),
                           optimizers=build_optimizers(model, OptimConfig()), fb=[], step=[])
@@ -191,6 +191,7 @@ def bench_train(config: str = "small", *, schedules: list[str] | None = None, re
                 r[f"ratio_{key}"] = r[key] / base[key]
     return {"kind": "train", "config": config, "model": lrt_config.to_dict(), "batch": batch, "seq_len": T,
             "dtype": dtype, "device": str(device), "device_name": device_name(device), "compile": compile,
+            "activation_checkpointing": activation_checkpointing,
             "attention": resolve_attention(attention, device), "peak_tflops": peak_tflops, "repeats": repeats,
             "threads": torch.get_num_threads(), "results": results}
 
@@ -205,7 +206,9 @@ def format_train(report: dict) -> str:
     header += f"{'MFU':>7}" if has["mfu"] else ""
     lines = [f"lrt bench train: config {report['config']} (d={m['n_embd']}, {m['n_layer']} layers, T={report['seq_len']}, "
              f"batch {report['batch']}), {report['dtype']}, {report['device_name']}, {report['threads']} threads, "
-             f"attention {report['attention']}{', compiled' if report['compile'] else ''}, {report['repeats']} rounds",
+             f"attention {report['attention']}{', compiled per block' if report['compile'] else ''}"
+             f"{', activation checkpointing' if report.get('activation_checkpointing') else ''}, "
+             f"{report['repeats']} rounds",
              header]
     for name, r in results.items():
         row = f"{name:<18}"

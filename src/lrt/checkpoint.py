@@ -121,12 +121,14 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir, step: int, model, *, tokenizer, meta: dict, state: dict, keep: int = 3) -> Path:
+def save_checkpoint(run_dir, step: int, model, *, tokenizer, meta: dict, state: dict, keep: int = 3,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the checkpoint of `step` atomically and prune all but the newest `keep`.
-    `meta` is plain JSON; `state` may hold tensors anywhere in it. Refuses non-finite weights."""
-    model = getattr(model, "module", model)  # unwrap DDP / compile
-    model = getattr(model, "_orig_mod", model)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    `meta` is plain JSON; `state` may hold tensors anywhere in it; `weights` is the model's full
+    state dict where the caller gathered it (a sharded model), else model.state_dict(). Refuses
+    non-finite weights."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    weights = {k: v.detach().cpu().contiguous() for k, v in (weights or model.state_dict()).items()}
     broken = non_finite(weights)
     if broken:
         raise ValueError(f"refusing to save step {step}: non-finite weights in {', '.join(broken[:3])}")
@@ -207,15 +209,23 @@ def load_model(path, device: str | torch.device = "cpu", attention: str = "auto"
         raise ValueError(f"checkpoint {path} names no tokenizer")
     tokenizer = tokenizer_from_reference(record["tokenizer"], path)
     model = LRT(config, attention=attention, device="meta")
-    weights = _load_tensors(path / "model.safetensors")
-    broken = non_finite(weights)
-    if broken:
-        raise ValueError(f"checkpoint {path} holds non-finite weights ({', '.join(broken[:3])}); it is not usable")
+    weights = load_weights(path)
     try:
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as e:
         raise ValueError(f"checkpoint {path}: weights do not match its config ({str(e).splitlines()[0]})") from None
     return model.to(device), tokenizer, record
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The full state dict in a checkpoint's model.safetensors, checked to be finite."""
+    weights = _load_tensors(path / "model.safetensors")
+    # the per-layer scalars were 0-dimensional before FSDP2 support made them (1,)
+    weights = {k: v.reshape(1) if v.dim() == 0 else v for k, v in weights.items()}
+    broken = non_finite(weights)
+    if broken:
+        raise ValueError(f"checkpoint {path} holds non-finite weights ({', '.join(broken[:3])}); it is not usable")
+    return weights
 
 
 def load_train_state(path: Path, record: dict) -> dict:

@@ -10,7 +10,9 @@ import os
 import sys
 from pathlib import Path
 
+from . import distributed
 from .config import VALUE_EMBEDS, LRTConfig
+from .distributed import QuietExit
 from .memory import MEMORY_SPECS, Memory
 from .optim import OptimConfig
 from .presets import PRESET_NAMES, VARIANTS
@@ -142,10 +144,12 @@ def cmd_train(args) -> None:
             base["out"] = str(path.parents[1])
     cfg = train_config_from_args(args, base)
     trainer = Trainer(cfg, resume=args.resume)
-    print(f"model: {parameter_counts(trainer.model)}; schedule {cfg.schedule}; {trainer.flops_per_step:.3g} FLOPs/step",
-          file=sys.stderr)
+    if trainer.world.main:
+        print(f"model: {parameter_counts(trainer.model)}; schedule {cfg.schedule}; {trainer.world.size} process(es), "
+              f"{trainer.tokens_per_step:,} tokens and {trainer.flops_per_step:.3g} FLOPs per step", file=sys.stderr)
     summary = trainer.train()
-    print(json.dumps({k: summary[k] for k in ("step", "tokens", "train_time", "val_bpb", "out")}))
+    if trainer.world.main:
+        print(json.dumps({k: summary.get(k) for k in ("step", "tokens", "train_time", "val_bpb", "out")}))
 
 
 # lrt tokenizer train / lrt download ------------------------------------------------------------------
@@ -188,7 +192,8 @@ def cmd_eval_bpb(args) -> None:
     from .data import open_source, train_val_sources, validation_rows
     from .evaluate import evaluate_bpb
 
-    run = load_run(args.checkpoint, args.device)
+    world, device = distributed.setup(args.device)
+    run = load_run(args.checkpoint, str(device))
     cfg = run.model.config
     trained = run.train_config
     source = open_source(args.data) if args.data else train_val_sources(trained.data, trained.val_data)[1]
@@ -196,7 +201,9 @@ def cmd_eval_bpb(args) -> None:
     rows = validation_rows(source, run.tokenizer, seq_len, args.tokens)
     memories = [memory_of(run, spec) for spec in args.memory.split(",")]
     result = evaluate_bpb(run.model, rows, run.tokenizer.token_bytes(), memories=memories, batch_size=args.batch_size,
-                          bucket=args.bucket, progress=True)
+                          bucket=args.bucket, progress=world.main, world=world)
+    if not world.main:
+        return
     print(f"checkpoint {run.record.get('step')} steps: {cfg.describe()}; training schedule: {trained.schedule}")
     print(f"data: {source.name}, {rows.size(0)} rows x {seq_len} tokens, {result.bytes:,} bytes")
     print(result.format(recurrent=cfg.injection != "none"))
@@ -208,9 +215,13 @@ def cmd_eval_core(args) -> None:
     from .checkpoint import load_run
     from .evaluate.core import evaluate_core
 
-    run = load_run(args.checkpoint, args.device)
+    world, device = distributed.setup(args.device)
+    run = load_run(args.checkpoint, str(device))
     memory = memory_of(run, args.memory)
-    result = evaluate_core(run.model, run.tokenizer, args.bundle, memory=memory, max_per_task=args.max_per_task)
+    result = evaluate_core(run.model, run.tokenizer, args.bundle, memory=memory, max_per_task=args.max_per_task,
+                           progress=world.main, world=world)
+    if not world.main:
+        return
     print(f"CORE of {run.model.config.describe()}, prompts read with {memory.describe()}")
     print(result.format())
     write_json(args.json, {"checkpoint": str(run.path), "memory": result.memory, "core": result.core,
@@ -258,7 +269,8 @@ def cmd_bench_train(args) -> None:
     report = bench_train(args.config, schedules=args.schedules.split(",") if args.schedules is not None else None,
                          repeats=args.repeats, warmup=args.warmup, batch=args.batch_size, seq_len=args.seq_len,
                          dtype=args.dtype, device=str(resolve_device(args.device)), compile=args.compile,
-                         attention=args.attention, peak_tflops=args.peak_tflops,
+                         attention=args.attention, activation_checkpointing=args.activation_checkpointing,
+                         peak_tflops=args.peak_tflops,
                          progress=lambda msg: print(msg, file=sys.stderr))
     print(format_train(report))
     write_json(args.json, report)
@@ -288,6 +300,17 @@ def cmd_demo(args) -> None:
     print(format_report(report))
     print(f"curves: {Path(settings.out) / 'curves.png'}; runs and checkpoints under {settings.out}/")
     write_json(args.json, report)
+
+
+# lrt recipe ---------------------------------------------------------------------------------------
+
+
+def cmd_recipe(args) -> None:
+    from .recipe import SMOKE, RecipeSettings, format_recipe, run_recipe
+
+    given = {k: v for k, v in vars(args).items() if k in RecipeSettings.__dataclass_fields__ and v is not None}
+    settings = RecipeSettings(**{**(SMOKE if args.smoke else {}), **given})
+    print(format_recipe(run_recipe(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))))
 
 
 # parser -------------------------------------------------------------------------------------------
@@ -379,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seq-len", type=row_length, default=None)
     b.add_argument("--dtype", choices=DTYPES, default="float32")
     b.add_argument("--device", default="auto")
-    b.add_argument("--compile", action="store_true")
+    b.add_argument("--compile", action="store_true", help="compile each block (as lrt train --compile)")
+    b.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
     b.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
                    help="subset-pass attention: auto (flex on CUDA, else sdpa), sdpa or flex")
     b.add_argument("--peak-tflops", type=positive_number, default=None,
@@ -409,6 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--url", default=None)
     d.set_defaults(run=cmd_download_core)
 
+    p = sub.add_parser("recipe", help="end-to-end recipes (the paper's pretraining comparison)")
+    rsub = p.add_subparsers(dest="recipe", required=True, parser_class=Parser)
+    r = rsub.add_parser("paper-d20", help="tokenizer, baseline and LRT pretraining at equal FLOPs, eval bpb and core")
+    r.add_argument("--smoke", action="store_true", help="the whole chain on tiny sizes on the CPU (2 processes)")
+    r.add_argument("--out", default=None, help="folder of every stage (default runs/paper_d20)")
+    r.add_argument("--nproc", type=positive_int, default=None, help="processes (default: the GPUs here)")
+    r.add_argument("--ratio", type=positive_number, default=None, help="tokens per baseline parameter (default 10)")
+    r.add_argument("--total-batch-size", type=positive_int, default=None, help="tokens per step (default 524288)")
+    r.add_argument("--batch-size", type=positive_int, default=None, help="sequences per micro-batch and rank (16)")
+    r.add_argument("--data", default=None, help="FineWeb-Edu parquet shards (default data/fineweb-edu)")
+    r.add_argument("--bundle", default=None, help="the CORE bundle (default data/eval_bundle)")
+    r.set_defaults(run=cmd_recipe)
+
     p = sub.add_parser("demo", help="train a small LRT and its baseline on the bundled corpus (CPU, ~6 min)")
     p.add_argument("--out", default="runs/demo", help="folder of the two runs and the plot")
     p.add_argument("--steps", type=positive_int, default=None,
@@ -425,27 +462,37 @@ def debug() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C)."""
+    """Exit codes: 0 done, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C). Under
+    torchrun every rank exits so, and rank 0 alone prints the line."""
     keep_freed_memory()
-    command = "lrt"
+    command, speaks = "lrt", distributed.launch().main
+
+    def say(text: str) -> None:
+        if speaks:
+            print(text, file=sys.stderr)
+
     try:
         args = build_parser().parse_args(argv)
         command = f"lrt {args.command}"
         args.run(args)
     except UsageError as e:
-        print(e, file=sys.stderr)
+        say(str(e))
+        return 2
+    except QuietExit:  # another rank failed and says why
         return 2
     except Interrupted as e:
-        print(f"{command}: {e}", file=sys.stderr)
+        say(f"{command}: {e}")
         return 130
     except KeyboardInterrupt:
-        print(f"{command}: interrupted", file=sys.stderr)
+        say(f"{command}: interrupted")
         return 130
     except (ValueError, OSError) as e:  # bad input, and what the machine refuses (a full disk, a path)
         if debug():
             raise
-        print(f"{command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        say(f"{command}: error: {' '.join(str(e).split())}")
         return 2
+    finally:
+        distributed.teardown()
     return 0
 
 

@@ -94,7 +94,7 @@ def prefill(model, prompts: list[list[int]], max_len: int, *, memory: Memory | s
     buffer, rows, last = reading.buffer, torch.arange(len(prompts), device=device), lengths - 1
     state = new_state(model, len(prompts), max_len)
     for layer in range(model.config.n_layer):
-        state.cache.write_kv(layer, torch.arange(T, device=device), buffer.k[layer], buffer.v[layer], full=False)
+        state.cache.write_kv(layer, torch.arange(T, device=device), buffer.k[layer], buffer.v[layer])
     state.memory = buffer.source[rows, last]
     state.pos = lengths.clone()
     state.length = T

@@ -106,7 +106,7 @@ def read(model, idx: torch.Tensor, memory: "Memory | str") -> Reading:
     place (nothing needs the old values); with it, out of place, as in training."""
     memory = Memory.parse(memory)
     T = idx.size(1)
-    buffer = KVBuffer(model.config.n_layer, T, inplace=not torch.is_grad_enabled())
+    buffer = KVBuffer(model.config.n_layer, T, inplace=not torch.is_grad_enabled(), kept=True)
     if memory.mode == "fixed-point":
         return _fixed_point(model, idx, memory, buffer)
     schedule = {"zero": Baseline(), "exact": Sequential(), "parallel": memory.schedule}[memory.mode]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from . import decoding
 from .attention import KVBuffer, PassContext, check_attention, resolve_attention
@@ -44,7 +45,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class Attention(nn.Module):
     def __init__(self, config: LRTConfig, layer: int):
         super().__init__()
-        self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.window = config.window(layer)
         self.gate_channels = config.gate_channels
@@ -61,8 +61,10 @@ class Attention(nn.Module):
         layerwise = kv_target and config.projection == "layerwise"
         self.mem_kv = nn.Linear(d, 2 * config.kv_dim, bias=False) if layerwise else None
 
-    def forward(self, x, ve, memory, shared_mem_kv, ctx: PassContext):
+    def forward(self, x, ve, past: tuple, ctx: PassContext):
+        """Attention output and this layer's new buffered keys and values (from `past`)."""
         B, T, _ = x.shape
+        memory = ctx.memory
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         dtype = q.dtype  # the matmul dtype (bfloat16 under autocast); norms and value embeddings may upcast
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -74,12 +76,14 @@ class Attention(nn.Module):
             own, mem = (2 * torch.sigmoid(self.mem_gate(gate_input))).unsqueeze(-1).chunk(2, dim=2)
             k, v = own * k, own * v
             if memory is not None:
-                mem_kv = self.mem_kv(memory) if self.mem_kv is not None else shared_mem_kv
+                mem_kv = self.mem_kv(memory) if self.mem_kv is not None else ctx.shared_mem_kv
                 k_mem, v_mem = mem_kv.view(B, T, 2 * self.n_kv_head, self.head_dim).chunk(2, dim=2)
                 k, v = torch.addcmul(k, mem, k_mem), torch.addcmul(v, mem, v_mem)
         q, k = norm(rotate(q, ctx.cos, ctx.sin)), norm(rotate(k, ctx.cos, ctx.sin))
-        y = ctx.attend(self.layer, self.window, *(t.to(dtype).transpose(1, 2) for t in (q, k, v)))
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+        q, k, v = (t.to(dtype).transpose(1, 2) for t in (q, k, v))
+        keys, values = ctx.merge(past, k, v)
+        y = ctx.attend(self.window, q, keys, values)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1)), (keys, values)
 
 
 class MLP(nn.Module):
@@ -98,18 +102,22 @@ class Block(nn.Module):
         self.attn = Attention(config, layer)
         self.mlp = MLP(config)
         scalars = config.residual_scalars
-        self.resid_scale = nn.Parameter(torch.ones(())) if scalars else None
-        self.x0_scale = nn.Parameter(torch.ones(())) if scalars else None
+        # scalars of shape (1,), not (): FSDP2 shards only tensors with a dimension
+        self.resid_scale = nn.Parameter(torch.ones(1)) if scalars else None
+        self.x0_scale = nn.Parameter(torch.ones(1)) if scalars else None
         residual_target = config.is_target(layer) and config.uses_residual
-        self.mem_scale = nn.Parameter(torch.ones(())) if residual_target else None  # g_l
+        self.mem_scale = nn.Parameter(torch.ones(1)) if residual_target else None  # g_l
 
-    def forward(self, x, x0, ve, memory, shared_mem_kv, ctx: PassContext):
+    def forward(self, x, ve, past: tuple, ctx: PassContext):
+        """The block's output and its layer's new buffered keys and values: a pure function of its
+        inputs (compiled once for every layer, and safe to recompute for activation checkpointing)."""
         if self.resid_scale is not None:
-            x = self.resid_scale * x + self.x0_scale * x0
-        if self.mem_scale is not None and memory is not None:  # Residual Injection: x + g_l m
-            x = torch.addcmul(x, self.mem_scale, memory)
-        x = x + self.attn(norm(x), ve, memory, shared_mem_kv, ctx)
-        return x + self.mlp(norm(x))
+            x = self.resid_scale * x + self.x0_scale * ctx.x0
+        if self.mem_scale is not None and ctx.memory is not None:  # Residual Injection: x + g_l m
+            x = torch.addcmul(x, self.mem_scale, ctx.memory)
+        y, kv = self.attn(norm(x), ve, past, ctx)
+        x = x + y
+        return x + self.mlp(norm(x)), kv
 
 
 class LRT(nn.Module):
@@ -121,10 +129,12 @@ class LRT(nn.Module):
     too large to build on one device: `with torch.device("meta"): model = LRT(config)`, shard or
     move it, then `model.to_empty(device=...)` and `model.init_weights()`."""
 
-    def __init__(self, config: LRTConfig, *, attention: str = "auto", device: torch.device | str | None = None):
+    def __init__(self, config: LRTConfig, *, attention: str = "auto", activation_checkpointing: bool = False,
+                 device: torch.device | str | None = None):
         super().__init__()
         self.config = config
         self.attention = attention
+        self.activation_checkpointing = activation_checkpointing  # recompute each block in backward
         d, V = config.n_embd, config.vocab_size
         with torch.device("meta"):
             self.wte = nn.Embedding(V, d)
@@ -200,13 +210,20 @@ class LRT(nn.Module):
         needs). Returns the final normed hidden states and the normed source states (B, Tq, d)."""
         cfg = self.config
         x = x0 = norm(self.wte(idx))
-        backend = resolve_attention(self.attention, idx.device)
-        ctx = PassContext(buffer, pos, span, full, kv_len, *self.rotary(pos, x.dtype), backend=backend)
-        shared_mem_kv = self.mem_kv(memory) if self.mem_kv is not None and memory is not None else None
+        ctx = PassContext(pos, span, full, kv_len, buffer.length, buffer.inplace, *self.rotary(pos, x.dtype), x0=x0,
+                          memory=memory, backend=resolve_attention(self.attention, idx.device))
+        ctx.shared_mem_kv = self.mem_kv(memory) if self.mem_kv is not None and memory is not None else None
+        ctx.prepare(block.attn.window for block in self.blocks)
+        checkpointed = self.activation_checkpointing and torch.is_grad_enabled()
         source = None
         for layer, block in enumerate(self.blocks):
             ve = self.value_embeds[str(layer)](idx) if str(layer) in self.value_embeds else None
-            x = block(x, x0, ve, memory, shared_mem_kv, ctx)
+            past = (buffer.k[layer], buffer.v[layer])
+            if checkpointed:  # keep the block's inputs only; recompute its insides in backward
+                x, kv = checkpoint(block, x, ve, past, ctx, use_reentrant=False)
+            else:
+                x, kv = block(x, ve, past, ctx)
+            buffer.store(layer, *kv, full)
             if layer + 1 == cfg.source_layer:
                 source = x
         x = norm(x)
@@ -278,10 +295,14 @@ class LRT(nn.Module):
         return decoding.generate(self, prompts, max_new_tokens, **options)
 
 
-def compile_model(model: LRT):
-    """torch.compile for training: one graph per schedule. Shapes are static (dynamic=False):
-    automatic dynamic shapes would turn the plan's lengths into symbols mid-trace."""
-    return torch.compile(model, dynamic=False)
+def compile_model(model: LRT) -> LRT:
+    """Regional compilation: each block is compiled, and the graph of one block serves every layer
+    and every pass with the same shapes (blocks are pure functions of their inputs), so compile
+    time does not grow with depth x passes as one graph of the unrolled schedule did. Shapes are
+    static (dynamic=False): a schedule has a few pass lengths, each its own graph."""
+    for block in model.blocks:
+        block.compile(dynamic=False)
+    return model
 
 
 # parameter accounting ----------------------------------------------------------------------------

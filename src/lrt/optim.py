@@ -59,10 +59,25 @@ def parameter_groups(model) -> dict[str, list[torch.nn.Parameter]]:
     return groups
 
 
+def optimizer_kinds(cfg: OptimConfig, device: torch.device) -> list[str]:
+    """The optimizers build_optimizers makes for `cfg` on `device`, by class name."""
+    if cfg.optimizer == "adamw" or (cfg.optimizer == "auto" and device.type != "cuda"):
+        return ["AdamW"]
+    return ["AdamW", "Muon"]
+
+
 def build_optimizers(model, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+    """The optimizers of `model`, each group's base rate in "initial_lr" (the schedule scales it)."""
+    optimizers = _optimizers(model, cfg)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    return optimizers
+
+
+def _optimizers(model, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
     groups = parameter_groups(model)
-    on_gpu = next(model.parameters()).device.type == "cuda"
-    if cfg.optimizer == "adamw" or (cfg.optimizer == "auto" and not on_gpu):
+    if optimizer_kinds(cfg, next(model.parameters()).device) == ["AdamW"]:
         return [torch.optim.AdamW(model.parameters(), lr=cfg.adamw_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)]
     scale = (model.config.n_embd / 768) ** -0.5
     adam_groups = [
@@ -87,7 +102,7 @@ def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
+    """Each group's rate: its base rate (initial_lr) times the schedule's multiplier."""
     for opt in optimizers:
         for group in opt.param_groups:
-            group.setdefault("initial_lr", group["lr"])
             group["lr"] = group["initial_lr"] * multiplier

@@ -202,6 +202,15 @@ def checked_plan(schedule: Schedule, T: int) -> tuple[tuple[Step, ...], ...]:
     return tuple(tuple(steps) for steps in passes)
 
 
+def reads_memory(config, schedule: Schedule, T: int) -> bool:
+    """Whether training with `schedule` uses the pathway's memory weights (Wk, Wv, g): a plan
+    with no step that reads memory leaves them without gradients (DDP must be told)."""
+    if config.injection == "none":
+        return True  # there are no pathway weights to leave unused
+    return any(step.memory == "previous" or (step.memory == "boundary" and step.positions.start > 0)
+               for steps in checked_plan(schedule, T) for step in steps)
+
+
 def merge_passes(per_pass: list[tuple[torch.Tensor, torch.Tensor]], T: int) -> torch.Tensor:
     """(B, T, ...) values where each position comes from the last pass that computed it."""
     covered = torch.zeros(T, dtype=torch.bool, device=per_pass[0][0].device)
@@ -253,8 +262,8 @@ def read_memory(buffer: KVBuffer, step: Step) -> torch.Tensor | None:
     if step.memory == "boundary":  # only the first position reads; the rest of the chunk gets 0
         first = source[:, r.start - 1 : r.start]
         return torch.cat([first, first.new_zeros(first.size(0), len(r) - 1, first.size(2))], dim=1)
-    if r.start >= 1:
-        return source[:, r.start - 1 : r.stop - 1 : r.step]
+    if r.start >= 1:  # contiguous, as the branch below: the subset passes of a schedule share compiled graphs
+        return source[:, r.start - 1 : r.stop - 1 : r.step].contiguous()
     rest = source[:, r.step - 1 : r.stop - 1 : r.step]  # m_0 = 0 for position 0
     return torch.cat([rest.new_zeros(rest.size(0), 1, rest.size(2)), rest], dim=1)
 
@@ -277,9 +286,10 @@ def run_schedule(model, idx: torch.Tensor, schedule: Schedule, *, targets: torch
     needs). With targets, each pass's mean token loss; with return_logits, the hidden states that
     the output's logits are computed from."""
     B, T = idx.shape
-    buffer = buffer if buffer is not None else KVBuffer(model.config.n_layer, T)
+    plan = checked_plan(schedule, T)
+    buffer = buffer if buffer is not None else KVBuffer(model.config.n_layer, T, kept=sum(map(len, plan)) > 1)
     losses, pass_hidden = [], []
-    for steps in checked_plan(schedule, T):
+    for steps in plan:
         nll, count, parts = 0.0, 0, []
         for step in steps:
             pos, h = run_step(model, idx, step, buffer)

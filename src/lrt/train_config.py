@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from .attention import ATTENTION_CHOICES, check_attention
 from .config import LRTConfig, check_int, option
+from .distributed import BACKENDS, PARALLEL
 from .optim import OptimConfig
 from .presets import PRESET_NAMES, get_preset
 from .schedules import SCHEDULE_SPECS, Schedule, parse_schedule
@@ -31,8 +32,16 @@ class TrainConfig:
     grad_accum: int = option(1, "micro-batches per step")
     optim: OptimConfig = field(default_factory=OptimConfig)
     dtype: str = option("float32", "float32 or bfloat16 (autocast)", choices=DTYPES)
-    compile: bool = option(False, "torch.compile the model")
-    device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
+    total_batch_size: int | None = option(None, "tokens per optimizer step over all ranks: gradient accumulation "
+                                                "is derived (world size x batch size x sequence length must divide it)")
+    compile: bool = option(False, "torch.compile each block (regional compilation)")
+    activation_checkpointing: bool = option(False, "recompute each block in backward instead of keeping its "
+                                                   "activations (less memory, about a third more compute)")
+    device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ... (under torchrun: the local GPU)")
+    parallel: str = option("auto", "under torchrun: ddp (the default) or fsdp (FSDP2, per block then the root)",
+                           choices=PARALLEL)
+    backend: str = option("auto", "process group under torchrun: auto (nccl on GPUs, gloo on CPUs), nccl or gloo",
+                          choices=BACKENDS)
     attention: str = option("auto", "subset-pass attention: auto (flex on CUDA, else sdpa), sdpa or flex",
                             choices=ATTENTION_CHOICES)
     eval_every: int = option(100, "steps between validations")
@@ -48,6 +57,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_tokens", "keep"):
             check_int(name, getattr(self, name))
         check_int("save_every", self.save_every, low=0)
+        if self.total_batch_size is not None:
+            check_int("total_batch_size", self.total_batch_size)
         check_int("seed", self.seed, low=0)
         if self.seq_len is not None:
             check_int("seq_len", self.seq_len, low=2)
@@ -61,6 +72,9 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_attention(self.attention)
+        for name, allowed in (("parallel", PARALLEL), ("backend", BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         unknown = set(self.model) - {f.name for f in dataclasses.fields(LRTConfig)}
         if unknown:
             raise ValueError(f"unknown model field(s) {sorted(unknown)} (--set takes LRTConfig fields)")
@@ -79,6 +93,20 @@ class TrainConfig:
             d["schedule"] = f"{d['schedule']}:{d[legacy]}"
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def accumulation(self, world_size: int, seq_len: int) -> int:
+        """Micro-batches per optimizer step: grad_accum, or what total_batch_size makes it."""
+        if self.total_batch_size is None:
+            return self.grad_accum
+        per_micro = world_size * self.batch_size * seq_len
+        if self.total_batch_size % per_micro:
+            raise ValueError(f"--total-batch-size {self.total_batch_size} is not a multiple of world size {world_size} "
+                             f"x batch size {self.batch_size} x sequence length {seq_len} = {per_micro} tokens")
+        accumulation = self.total_batch_size // per_micro
+        if self.grad_accum not in (1, accumulation):
+            raise ValueError(f"--grad-accum {self.grad_accum} contradicts --total-batch-size, which makes it "
+                             f"{accumulation}: give one of them")
+        return accumulation
 
     def make_schedule(self) -> Schedule:
         return parse_schedule(self.schedule)

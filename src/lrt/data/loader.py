@@ -13,24 +13,24 @@ import torch
 
 
 class PackedLoader:
+    """Rows packed from `source`; with rank and world_size, from this rank's shard of it (its own
+    documents or row groups: the ranks of a run read disjoint parts of the stream)."""
+
     def __init__(self, source, tokenizer, batch_size: int, seq_len: int, buffer_docs: int = 32,
                  rank: int = 0, world_size: int = 1, loop: bool = True):
         self.source, self.tokenizer = source, tokenizer
         self.batch_size, self.row_len = batch_size, seq_len + 1
-        self.buffer_docs, self.rank, self.world_size, self.loop = buffer_docs, rank, world_size, loop
+        self.buffer_docs, self.shard, self.loop = buffer_docs, (rank, world_size), loop
         self.position: dict | None = None  # source position after the last document read
-        self.documents_read = 0  # global document counter, for sharding across ranks
         self.buffer: list[list[int]] = []
         self._iterator = None
 
     def _next_document(self) -> list[int] | None:
         if self._iterator is None:
-            self._iterator = self.source.iterate(self.position, loop=self.loop)
+            self._iterator = self.source.iterate(self.position, loop=self.loop, shard=self.shard)
         for text, position in self._iterator:
             self.position = position
-            self.documents_read += 1
-            if (self.documents_read - 1) % self.world_size == self.rank:
-                return [self.tokenizer.bos_id] + self.tokenizer.encode(text)
+            return [self.tokenizer.bos_id] + self.tokenizer.encode(text)
         return None
 
     def _fill(self) -> None:
@@ -74,13 +74,16 @@ class PackedLoader:
         """Source position and the buffered documents (as one token tensor and their lengths)."""
         return {
             "position": self.position,
-            "documents_read": self.documents_read,
             "buffer_tokens": torch.tensor([t for doc in self.buffer for t in doc], dtype=torch.long),
             "buffer_lengths": torch.tensor([len(doc) for doc in self.buffer], dtype=torch.long),
         }
 
+    def restart(self, position: dict | None) -> None:
+        """Continue from `position` with an empty buffer (a run resumed with another world size)."""
+        self.position, self.buffer, self._iterator = position, [], None
+
     def load_state_dict(self, state: dict) -> None:
-        self.position, self.documents_read = state["position"], state["documents_read"]
+        self.position = state["position"]
         tokens = state["buffer_tokens"].tolist()
         self.buffer, start = [], 0
         for n in state["buffer_lengths"].tolist():

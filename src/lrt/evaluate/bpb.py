@@ -73,6 +73,13 @@ class _Tally:
         self.nats[idx] += nats.sum(0).double().cpu()
         self.bytes[idx] += nbytes.sum(0).double().cpu()
 
+    @staticmethod
+    def all_sum(tallies: list["_Tally"], world) -> None:
+        """Sum every rank's tallies (one collective), in place."""
+        flat = world.all_sum(torch.cat([torch.stack([t.nats, t.bytes]) for t in tallies], dim=1))
+        for t, part in zip(tallies, flat.split(len(tallies[0].nats), dim=1)):
+            t.nats, t.bytes = part[0].clone(), part[1].clone()
+
     def bpb(self, part=slice(None)) -> float:
         return (self.nats[part].sum() / (math.log(2) * self.bytes[part].sum().clamp(min=1))).item()
 
@@ -80,21 +87,27 @@ class _Tally:
 @torch.no_grad()
 def evaluate_bpb(model, rows: torch.Tensor, token_bytes: torch.Tensor, *,
                  memories: tuple[Memory | str, ...] = ("zero", "exact"), batch_size: int = 16, bucket: int = 64,
-                 progress: bool = False) -> BPBResult:
+                 progress: bool = False, world=None) -> BPBResult:
     """BPB of `model` on rows (N, T+1) of token ids under each of `memories` (at most one of each
-    mode). A model without a pathway is scored with zero memory only: every mode equals it."""
+    mode). A model without a pathway is scored with zero memory only: every mode equals it. With a
+    `world` (distributed.World), each rank scores rows rank, rank + world, ... and the sums are
+    all-reduced: every rank gets the numbers of a single-process evaluation."""
     memories = [Memory.parse(m) for m in memories]
     if model.config.injection == "none":
         memories = [Memory("zero")]
     modes = [m.mode for m in memories]
     if len(set(modes)) != len(modes):
         raise ValueError(f"evaluate_bpb scores each memory mode once, got {[m.spec for m in memories]}")
+    if batch_size < 1 or bucket < 1:
+        raise ValueError(f"batch_size and bucket must be positive, got {batch_size} and {bucket}")
     device = next(model.parameters()).device
     token_bytes = token_bytes.to(device)
     T = rows.size(1) - 1
     tallies = {m.mode: _Tally(T) for m in memories}
-    pass_tallies: list[_Tally] = []
-    for batch in tqdm(rows.split(batch_size), desc="bpb", disable=not progress, leave=False):
+    plans = {m.mode: checked_plan(m.schedule, T) for m in memories if m.mode == "parallel"}
+    pass_tallies = [_Tally(T) for _ in plans.get("parallel", ())]
+    mine = rows if world is None else rows[world.rank::world.size]
+    for batch in tqdm(mine.split(batch_size), desc="bpb", disable=not progress, leave=False):
         batch = batch.to(device)
         x, y = batch[:, :-1], batch[:, 1:]
         for memory in memories:
@@ -104,16 +117,17 @@ def evaluate_bpb(model, rows: torch.Tensor, token_bytes: torch.Tensor, *,
                 continue
             pass_logits = output.pass_logits  # merged from them, so the head runs once per pass position
             tallies["parallel"].add(merge_passes(pass_logits, T), y, token_bytes)
-            pass_tallies += [_Tally(T) for _ in range(len(pass_logits) - len(pass_tallies))]
             for tally, (pos, logits) in zip(pass_tallies, pass_logits):
                 tally.add(logits, y[:, pos], token_bytes, pos)
+    if world is not None:
+        _Tally.all_sum(list(tallies.values()) + pass_tallies, world)
     result = BPBResult(tokens=rows[:, 1:].numel(), bytes=int(token_bytes[rows[:, 1:].to(device)].sum()))
     for memory in memories:
         setattr(result, memory.mode.replace("-", "_"), tallies[memory.mode].bpb())
         if memory.mode == "parallel":
             result.parallel_schedule = memory.spec
             result.parallel_passes = [t.bpb() for t in pass_tallies]
-            result.parallel_pass_labels = [describe_pass(steps, T) for steps in checked_plan(memory.schedule, T)]
+            result.parallel_pass_labels = [describe_pass(steps, T) for steps in plans["parallel"]]
         if memory.mode == "exact":
             result.exact_buckets = [
                 (a, min(a + bucket, T) - 1, tallies["exact"].bpb(slice(a, a + bucket))) for a in range(0, T, bucket)

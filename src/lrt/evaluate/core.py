@@ -140,6 +140,58 @@ def load_items(task: Task) -> list[dict]:
     return items
 
 
+def write_bundle(root: str | Path, tasks: dict, baselines: dict | None = None) -> Path:
+    """A CORE bundle in the DCLM layout: `tasks` maps label -> (icl_task_type, num_fewshot, items);
+    `baselines` label -> random baseline in percent (default 0)."""
+    root = Path(root)
+    (root / "eval_data" / "sub").mkdir(parents=True, exist_ok=True)
+    lines = ["icl_tasks:"]
+    for label, (kind, shots, items) in tasks.items():
+        lines += ["-", f"  label: {label}", f"  dataset_uri: sub/{label}.jsonl", f"  num_fewshot: [{shots}]",
+                  f"  icl_task_type: {kind}", "  continuation_delimiter: ' '"]
+        (root / "eval_data" / "sub" / f"{label}.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    (root / "core.yaml").write_text("\n".join(lines) + "\n")
+    with open(root / "eval_meta_data.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Eval Task", "Task Category", "Task Type", "#shots", "#datapoints", "Random baseline",
+                    "Centered Metric?", "Description"])
+        for label in tasks:
+            w.writerow([label, "sample", "", 0, 0, (baselines or {}).get(label, 0.0), "", ""])
+    return root
+
+
+SAMPLE_ITEMS = {
+    "multiple_choice": [
+        {"query": "The sky is", "choices": ["blue", "green", "loud", "square"], "gold": 0},
+        {"query": "Two plus two is", "choices": ["three", "four", "five", "six"], "gold": 1},
+        {"query": "Ice is", "choices": ["hot", "dry", "cold", "red"], "gold": 2},
+        {"query": "Cats say", "choices": ["meow", "moo", "oink", "quack"], "gold": 0},
+    ],
+    "schema": [
+        {"context_options": ["The ball broke the window because it was hard.",
+                             "The ball broke the window because it was soft."], "continuation": "It shattered.",
+         "gold": 0},
+        {"context_options": ["Anna thanked Beth because she had helped.",
+                             "Anna thanked Beth because she had ignored her."], "continuation": "Beth smiled.",
+         "gold": 0},
+    ],
+    "language_modeling": [
+        {"context": "The capital of France is", "continuation": "Paris"},
+        {"context": "One, two, three,", "continuation": "four"},
+        {"context": "Roses are red, violets are", "continuation": "blue"},
+    ],
+}
+
+
+def write_sample_bundle(root: str | Path) -> Path:
+    """Three tiny tasks in the bundle format (sample_mc, sample_schema, sample_lm): the format of
+    `lrt eval core` without a download, for smoke runs and examples, not a measure of anything."""
+    return write_bundle(root, {"sample_mc": ("multiple_choice", 1, SAMPLE_ITEMS["multiple_choice"]),
+                               "sample_schema": ("schema", 1, SAMPLE_ITEMS["schema"]),
+                               "sample_lm": ("language_modeling", 2, SAMPLE_ITEMS["language_modeling"])},
+                        {"sample_mc": 25.0, "sample_schema": 50.0})
+
+
 # prompts ------------------------------------------------------------------------------------------
 
 
@@ -243,25 +295,31 @@ class CoreResult:
 
 
 def evaluate_task(task: Task, reader: Reader, *, max_items: int | None = None, progress: bool = False,
-                  items: list[dict] | None = None) -> TaskResult:
+                  items: list[dict] | None = None, world=None) -> TaskResult:
+    """A task's accuracy; with a `world` (distributed.World), each rank scores items rank,
+    rank + world, ... and the counts are summed."""
     items = list(items if items is not None else load_items(task))
     random.Random(1337).shuffle(items)
     if max_items is not None:
         items = items[:max_items]
+    rank, size = (0, 1) if world is None else (world.rank, world.size)
     correct = 0
-    for i, item in enumerate(tqdm(items, desc=task.label, disable=not progress, leave=False)):
+    for i in tqdm(range(rank, len(items), size), desc=task.label, disable=not progress, leave=False):
         others = [j for j in range(len(items)) if j != i]
         shots = [items[j] for j in random.Random(1234 + i).sample(others, min(task.num_fewshot, len(others)))]
-        prompts = render(task.kind, item, task.delimiter, shots)
-        correct += score_item(reader, task.kind, prompts, gold=item.get("gold")).correct
+        prompts = render(task.kind, items[i], task.delimiter, shots)
+        correct += score_item(reader, task.kind, prompts, gold=items[i].get("gold")).correct
+    if world is not None:
+        correct = int(world.all_sum(torch.tensor([correct])).item())
     accuracy = correct / len(items)
     rb = task.random_baseline
     return TaskResult(task.label, task.kind, len(items), accuracy, (accuracy - rb) / (1 - rb), rb)
 
 
 def evaluate_core(model, tokenizer, bundle: str | Path, *, memory: Memory | str = "exact",
-                  max_per_task: int | None = None, progress: bool = True) -> CoreResult:
-    """CORE of `model`, reading every prompt with the given memory."""
+                  max_per_task: int | None = None, progress: bool = True, world=None) -> CoreResult:
+    """CORE of `model`, reading every prompt with the given memory; with a `world`, the ranks
+    share every task's items and all get the single-process numbers."""
     memory = Memory.parse(memory)
     if max_per_task is not None and (not isinstance(max_per_task, int) or max_per_task < 1):
         raise ValueError(f"max_per_task must be None or a positive integer, got {max_per_task!r}")
@@ -275,7 +333,7 @@ def evaluate_core(model, tokenizer, bundle: str | Path, *, memory: Memory | str 
 
     reader = Reader(tokenizer.encode, tokenizer.bos_id, model.config.sequence_len, logits_fn)
     results = [
-        evaluate_task(t, reader, max_items=max_per_task, progress=progress, items=items[t.label])
+        evaluate_task(t, reader, max_items=max_per_task, progress=progress, items=items[t.label], world=world)
         for t in tqdm(tasks, desc=f"CORE ({memory.spec} memory)", disable=not progress)
     ]
     return CoreResult(memory.spec, results)
