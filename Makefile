@@ -3,14 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
+# The demo needs the core only; the tests also run the optional integrations (transformers, lm-eval).
 $(BIN)/lrt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]"
+	$(BIN)/pip install --disable-pip-version-check -q -e .
+	touch $@
+
+$(VENV)/.test-extras: $(BIN)/lrt
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,hf,eval]"
 	touch $@
 
 .PHONY: demo test
 demo: $(BIN)/lrt
 	$(BIN)/lrt demo
 
-test: $(BIN)/lrt
+test: $(VENV)/.test-extras
 	$(BIN)/python -m pytest

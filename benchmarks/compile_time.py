@@ -11,7 +11,6 @@ compile time to the baseline's. CPU by default; on a GPU pass --device cuda --dt
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

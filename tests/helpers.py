@@ -64,3 +64,32 @@ def write_core_bundle(root, tasks: dict, baselines: dict | None = None):
 
 
 MC_ITEMS, SCHEMA_ITEMS, LM_ITEMS = (SAMPLE_ITEMS[kind] for kind in ("multiple_choice", "schema", "language_modeling"))
+
+
+LM_EVAL_TASK = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{query}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{gold}}}}"
+metric_list:
+  - metric: acc
+"""
+
+
+def write_lm_eval_task(folder, name: str):
+    """A local lm-eval multiple-choice task (a YAML over a JSONL of the sample CORE items) in
+    `folder`, so the harness never reaches the hub; returns the folder for --include-path."""
+    import json
+    import pathlib
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in SAMPLE_ITEMS["multiple_choice"]))
+    (folder / f"{name}.yaml").write_text(LM_EVAL_TASK.format(name=name, data=data))
+    return folder

@@ -46,6 +46,8 @@ def reference_logits(model, idx, memory=True):
         m = torch.zeros(d, dtype=torch.float64)
         for t in range(idx.shape[1]):
             tok = int(idx[b, t])
+            if cfg.reset_memory_at_bos and tok == cfg.bos_id:
+                m = torch.zeros(d, dtype=torch.float64)  # memory does not cross into a new document
             x = rmsnorm(P["wte.weight"][tok])
             x0 = x
             for l in range(L):

@@ -30,8 +30,11 @@ BAD_FIELDS = {
     "source_layer": ["0", "99", '"x"', "1.5", "true"],
     "target_layers": ["[]", "[0]", "[1, 1]", '"x"', "5", "[1.5]", "[[1]]"],
     "residual_init": ['"x"', "NaN", "-Infinity"],
+    "reset_memory_at_bos": ['"yes"', "2", "null"],
+    "bos_id": ["3"],  # comes from the tokenizer
     "n_layers": ["3"],  # not a field
 }
+assert set(BAD_FIELDS) - {"n_layers"} == {f.name for f in __import__("dataclasses").fields(__import__("lrt").LRTConfig)}
 
 # `lrt train` flags: (flag, bad values)
 BAD_TRAIN_FLAGS = {

@@ -4,8 +4,16 @@ import json
 
 import pytest
 
-from lrt.bench import bench_decode, bench_train, format_decode, format_train
+from lrt import VARIANTS, LRTConfig, parameter_counts
+from lrt.bench import (
+    bench_config,
+    bench_decode,
+    bench_train,
+    format_decode,
+    format_train,
+)
 from lrt.cli import main
+from lrt.flops import decode_floor, matrix_params_per_token
 
 
 def test_bench_train_report(tmp_path, capsys):
@@ -31,9 +39,20 @@ def test_bench_decode_report():
     for rows in report["per_token"].values():
         assert set(rows) == {"baseline", "LRT-shared", "LRT-layerwise"} and rows["baseline"]["overhead"] == 0.0
         assert all(len(r["samples"]) == 2 for r in rows.values())  # tokens x repeats
+        assert rows["baseline"]["floor"] == 0.0 and 0 < rows["LRT-shared"]["floor"] < rows["LRT-layerwise"]["floor"]
     prefill = report["prefill"]
     assert prefill["exact"]["forwards"] == 4 and prefill["parallel:interleaved:2"]["forwards"] == 3
     assert "prefill of 2 x 4 tokens" in format_decode(report)
+
+
+def test_decode_floor_is_the_pathways_share_of_the_arithmetic():
+    """At batch 1 a step reads every matrix once: the floor is the pathway's share of the matrix
+    parameters (plus a little cache and embedding traffic, equal in both)."""
+    base, shared = (LRTConfig(**{**bench_config("d12")[0].to_dict(), **VARIANTS[v]}) for v in ("baseline", "LRT-shared"))
+    floor = decode_floor(base, shared, batch=1, context=1, element_bytes=4)
+    pathway = parameter_counts(shared).pathway
+    assert floor["flops"] == pytest.approx(pathway / matrix_params_per_token(base), rel=0.01)
+    assert floor["bytes"] == pytest.approx(floor["flops"], rel=0.01) and 0.009 < floor["bytes"] < 0.012
 
 
 @pytest.mark.parametrize("kwargs, match", [

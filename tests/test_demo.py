@@ -19,7 +19,7 @@ def _check_demo(tmp_path, capsys, args):
     at_equal_steps = [r for r in base_curve if r["step"] == runs["lrt"]["steps"] and r["kind"] == "eval"]
     assert at_equal_steps[0]["val_bpb"] == report["baseline_bpb_equal_steps"]
     for label in ("parameters", "train steps", "tokens", "wall time", "training FLOPs", "val BPB, training schedule",
-                  "val BPB, exact decoding", "equal steps", "equal training FLOPs"):
+                  "val BPB, exact decoding", "equal steps", "equal training FLOPs", "docs/study/report.md"):
         assert label in out
     assert all(text.startswith("HAMLET.\nTo be, or not to be") for text in report["samples"].values())
     assert (tmp_path / "demo/curves.png").stat().st_size > 10_000

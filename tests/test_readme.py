@@ -1,16 +1,39 @@
-"""The README's Python examples run as written."""
+"""The README's Python examples run as written: in a folder holding what they name (a trained run
+at runs/demo/lrt, its export at exports/demo-lrt, a local lm-eval task in my_tasks/); an example
+of an optional integration is skipped where that extra is not installed."""
 
+import importlib.util
 import pathlib
 import re
 
 import pytest
+from helpers import write_lm_eval_task
+
+from lrt.cli import main
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+EXTRAS = {"transformers": "transformers", "lm_eval": "lm_eval"}
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("readme")
+    assert main(["train", "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--eval-tokens", "128",
+                 "--no-final-decode", "--out", str(root / "runs/demo/lrt")]) == 0
+    if importlib.util.find_spec("transformers"):
+        assert main(["export", "hf", str(root / "runs/demo/lrt"), str(root / "exports/demo-lrt")]) == 0
+    write_lm_eval_task(root / "my_tasks", "my_task")
+    return root
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_python_block_runs(code):
+def test_readme_python_block_runs(code, folder, monkeypatch):
+    for module in EXTRAS:
+        if re.search(rf"^\s*(import|from) {module}\b", code, flags=re.M):
+            pytest.importorskip(module)
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     exec(compile(code, str(README), "exec"), {"__name__": "readme"})
 
 

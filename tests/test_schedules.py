@@ -220,3 +220,49 @@ def test_only_built_in_unweighted_schedules_have_a_spec():
         Custom().spec
     with pytest.raises(ValueError, match="pass weights"):
         lrt.Interleaved(weights=(1, 1, 1)).spec
+
+
+BOS = 7
+
+
+def rows_with_documents(config, batch=3):
+    """Rows of packed documents: <|bos|> at the start and inside, as the loader packs them."""
+    idx = random_tokens(config, batch=batch)
+    idx[idx == BOS] = BOS + 1
+    idx[:, 0] = BOS
+    idx[0, 3], idx[1, 5], idx[2, 1] = BOS, BOS, BOS
+    return idx
+
+
+@pytest.mark.parametrize("variant", pathway_variants()[::2], ids=variant_id)
+def test_memory_reset_at_bos_keeps_the_identities(variant):
+    """LRT_SPEC section 7: with reset_memory_at_bos, a <|bos|> position gets m = 0 in every
+    schedule and in decoding; interleaved S = T still equals decoding, which equals the naive
+    reference (which resets its memory there), and a batch decodes as each row alone."""
+    from reference import reference_logits
+
+    model = random_model(tiny_config(**variant, reset_memory_at_bos=True, bos_id=BOS), torch.float64)
+    idx = rows_with_documents(model.config)
+    decoded = model.decode(idx)
+    assert rel_err(model(idx, schedule=lrt.Interleaved(subsets=T)).logits, decoded) < 1e-12
+    assert rel_err(model(idx, schedule=lrt.MultiRefine(passes=T - 1)).logits, decoded) < 1e-12
+    assert rel_err(model(idx, schedule=lrt.Chunked(chunk=1)).logits, decoded) < 1e-12
+    assert rel_err(decoded, reference_logits(model, idx)) < 1e-12
+    for b in range(idx.size(0)):
+        assert rel_err(decoded[b : b + 1], model.decode(idx[b : b + 1])) < 1e-12
+
+
+def test_memory_reset_changes_only_what_follows_a_document_boundary():
+    config = tiny_config(reset_memory_at_bos=True, bos_id=BOS)
+    model = random_model(config, torch.float64)
+    plain = random_model(tiny_config(bos_id=BOS), torch.float64)
+    plain.load_state_dict(model.state_dict())
+    idx = rows_with_documents(config)
+    with_reset, without = model.decode(idx), plain.decode(idx)
+    assert rel_err(with_reset[0, :3], without[0, :3]) == 0  # before the first inner <|bos|>: the same
+    assert rel_err(with_reset[0, 3:], without[0, 3:]) > 1e-6  # from it on, memory no longer crosses
+
+
+def test_memory_reset_needs_the_bos_id():
+    with pytest.raises(ValueError, match="bos_id must be the <|bos|> token id"):
+        tiny_config(reset_memory_at_bos=True)

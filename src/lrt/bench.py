@@ -23,7 +23,7 @@ import torch
 from .attention import resolve_attention
 from .config import LRTConfig
 from .decoding import prefill
-from .flops import training_flops_per_sequence
+from .flops import decode_floor, training_flops_per_sequence
 from .model import LRT, compile_model, parameter_counts
 from .optim import OptimConfig, build_optimizers
 from .presets import VARIANTS, get_preset
@@ -229,45 +229,60 @@ def format_train(report: dict) -> str:
 
 
 def bench_decode(config: str = "wide", *, batches: tuple[int, ...] = (1, 8), tokens: int = 64, prompt_len: int = 64,
-                 repeats: int = 5, device: str = "cpu", dtype: str = "float32", progress=print) -> dict:
-    """Per-token latency of each variant (VARIANTS) at each batch size, and prefill time of each
-    prompt memory (PREFILL_MEMORIES)."""
+                 repeats: int = 5, device: str = "cpu", dtype: str = "float32", compile: bool = False,
+                 progress=print) -> dict:
+    """Per-token latency of each variant (VARIANTS) at each batch size, eager (the dynamic step)
+    and, with `compile`, the compiled static step (decoding.compile_decoding); each variant's
+    arithmetic floor; and prefill time of each prompt memory (PREFILL_MEMORIES)."""
     device = torch.device(device)
     lrt_config, _ = bench_config(config)
+    configs = {name: LRTConfig(**{**lrt_config.to_dict(), **overrides}) for name, overrides in VARIANTS.items()}
+    modes = ("eager", "compiled") if compile else ("eager",)
     models = {}
-    for name, overrides in VARIANTS.items():
-        torch.manual_seed(0)
-        models[name] = LRT(LRTConfig(**{**lrt_config.to_dict(), **overrides}), device=device)
-        if dtype == "bfloat16":
-            models[name].to(torch.bfloat16)
+    for mode in modes:
+        for name, variant in configs.items():
+            torch.manual_seed(0)
+            model = LRT(variant, device=device)
+            if dtype == "bfloat16":
+                model.to(torch.bfloat16)
+            models[(mode, name)] = model.compile_decoding() if mode == "compiled" else model
     g = torch.Generator().manual_seed(0)
-    samples = {(name, b): [] for name in models for b in batches}
+    samples = {(key, b): [] for key in models for b in batches}
+    first_step = {}  # (model, batch) -> seconds of its first step: a compiled one compiles there
     for round_ in range(1 + repeats):
         for b in batches:
             prompts = torch.randint(0, lrt_config.vocab_size, (b, prompt_len), generator=g).tolist()
             states, next_tokens = {}, {}
-            for name, model in models.items():
+            for key, model in models.items():
                 pre = prefill(model, prompts, prompt_len + tokens + 1)
-                states[name], next_tokens[name] = pre.state, pre.logits.argmax(-1)
+                states[key], next_tokens[key] = pre.state, pre.logits.argmax(-1)
             # token by token, the models take turns, so a slow moment of the machine hits all of them
             for _ in range(tokens):
-                for name, model in models.items():
+                for key, model in models.items():
                     t0 = time.perf_counter()
-                    next_tokens[name] = model.step(next_tokens[name], states[name]).argmax(-1)
+                    next_tokens[key] = model.step(next_tokens[key], states[key]).argmax(-1)
                     _sync(device)
-                    if round_ > 0:  # round 0 warms up
-                        samples[(name, b)].append(time.perf_counter() - t0)
+                    if round_ > 0:  # round 0 warms up (and compiles)
+                        samples[(key, b)].append(time.perf_counter() - t0)
+                    else:
+                        first_step.setdefault((key, b), time.perf_counter() - t0)
         if progress:
             progress(f"round {round_ + 1}/{1 + repeats}" + (" (warmup)" if round_ == 0 else ""))
+    element_bytes = torch.finfo(getattr(torch, dtype)).bits // 8
     per_token = {}
     for b in batches:
-        base = statistics.median(samples[("baseline", b)])
-        per_token[str(b)] = {
-            name: {**Timing(samples[(name, b)]).as_dict(), "overhead": statistics.median(samples[(name, b)]) / base - 1}
-            for name in models
-        }
+        rows = per_token[str(b)] = {}
+        for mode, name in models:
+            median = statistics.median(samples[((mode, name), b)])
+            floor = decode_floor(configs["baseline"], configs[name], b, prompt_len + tokens // 2, element_bytes)
+            rows[f"{name} {mode}" if compile else name] = {
+                **Timing(samples[((mode, name), b)]).as_dict(), "mode": mode,
+                "overhead": median / statistics.median(samples[((mode, "baseline"), b)]) - 1,
+                "speedup": statistics.median(samples[(("eager", name), b)]) / median,
+                "floor": max(floor.values()), "floor_bytes": floor["bytes"], "floor_flops": floor["flops"],
+                "first_step": first_step[((mode, name), b)]}
     # prefill: each memory on one prompt batch, LRT-shared (its memory is what they differ in)
-    model = models["LRT-shared"]
+    model = models[("eager", "LRT-shared")]
     prompts = torch.randint(0, lrt_config.vocab_size, (batches[-1], prompt_len), generator=g).tolist()
     prefill_times = {}
     for memory in PREFILL_MEMORIES:
@@ -284,7 +299,7 @@ def bench_decode(config: str = "wide", *, batches: tuple[int, ...] = (1, 8), tok
         prefill_times[memory] = {**Timing(times[1:]).as_dict(), "forwards": forwards}
     return {"kind": "decode", "config": config, "model": lrt_config.to_dict(), "tokens": tokens, "prompt_len": prompt_len,
             "device": str(device), "dtype": dtype, "repeats": repeats, "threads": torch.get_num_threads(),
-            "per_token": per_token, "prefill": prefill_times, "prefill_batch": batches[-1]}
+            "compile": compile, "per_token": per_token, "prefill": prefill_times, "prefill_batch": batches[-1]}
 
 
 def format_decode(report: dict) -> str:
@@ -292,11 +307,18 @@ def format_decode(report: dict) -> str:
     lines = [f"lrt bench decode: config {report['config']} (d={m['n_embd']}, {m['n_layer']} layers, vocab {m['vocab_size']}), "
              f"{report['dtype']}, {report['device']}, {report['threads']} threads; {report['tokens']} tokens after a "
              f"{report['prompt_len']}-token prompt, {report['repeats']} rounds",
-             f"{'batch':<7}{'model':<15}{'ms/token':>10}{'min-max':>16}{'overhead':>10}"]
+             f"{'batch':<7}{'model':<24}{'ms/token':>10}{'min-max':>16}{'overhead':>10}{'floor':>8}{'gap':>8}"
+             f"{'vs eager':>10}"]
     for b, rows in report["per_token"].items():
         for name, r in rows.items():
             spread = f"{1e3 * r['min']:.2f}-{1e3 * r['max']:.2f}"
-            lines.append(f"{b:<7}{name:<15}{1e3 * r['median']:>10.3f}{spread:>16}{100 * r['overhead']:>+9.1f}%")
+            lines.append(f"{b:<7}{name:<24}{1e3 * r['median']:>10.3f}{spread:>16}{100 * r['overhead']:>+9.1f}%"
+                         f"{100 * r['floor']:>+7.1f}%{100 * (r['overhead'] - r['floor']):>+7.1f}%{r['speedup']:>9.2f}x")
+    if report["compile"]:
+        firsts = [r["first_step"] for rows in report["per_token"].values() for r in rows.values() if r["mode"] == "compiled"]
+        lines.append(f"compiling: the first compiled step of a model and batch size took {min(firsts):.1f}-{max(firsts):.1f} s")
+    lines.append("overhead: over the baseline of the same mode; floor: the pathway's extra share of the bytes read "
+                 "and FLOPs per token (the larger); gap: overhead - floor; vs eager: the eager step's time / this one's")
     lines.append(f"prefill of {report['prefill_batch']} x {report['prompt_len']} tokens (LRT-shared):")
     for memory, r in report["prefill"].items():
         lines.append(f"  {memory:<24}{1e3 * r['median']:>9.1f} ms  ({r['forwards']} forward calls)")

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
 from . import distributed
@@ -102,6 +103,8 @@ def add_config_flags(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
         if typ is bool:  # a switch away from the default: --compile, --no-final-decode
             name, action = (f"--no-{flag[2:]}", "store_false") if f.default else (flag, "store_true")
             p.add_argument(name, action=action, **kw)
+        elif typing.get_origin(typ) is list:  # --exact-at 100 200
+            p.add_argument(flag, type=positive_int, nargs="+", metavar="STEP", **kw)
         else:
             p.add_argument(flag, type=typ, choices=f.metadata.get("choices"), **kw)
 
@@ -234,6 +237,8 @@ def cmd_generate(args) -> None:
     from .tokenizer import TextStream
 
     run = load_run(args.checkpoint, args.device)
+    if args.compile:
+        run.model.compile_decoding()
     tok = run.tokenizer
     texts = list(args.prompt or [])
     if args.prompt_file:
@@ -282,7 +287,7 @@ def cmd_bench_decode(args) -> None:
 
     report = bench_decode(args.config, batches=tuple(args.batch), tokens=args.tokens,
                           prompt_len=args.prompt_len, repeats=args.repeats, device=str(resolve_device(args.device)),
-                          dtype=args.dtype, progress=lambda msg: print(msg, file=sys.stderr))
+                          dtype=args.dtype, compile=args.compile, progress=lambda msg: print(msg, file=sys.stderr))
     print(format_decode(report))
     write_json(args.json, report)
 
@@ -302,6 +307,64 @@ def cmd_demo(args) -> None:
     write_json(args.json, report)
 
 
+# lrt export / lrt eval harness: the optional integrations ------------------------------------------
+
+
+def needs(extra: str, module: str):
+    """Import an optional integration, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"this needs the optional extra: pip install 'lrt[{extra}]' ({e})") from None
+
+
+def cmd_export_hf(args) -> None:
+    from .checkpoint import load_run
+
+    hf = needs("hf", "lrt.integrations.hf")
+    out = hf.export_hf(load_run(args.checkpoint, "cpu"), args.out)
+    print(f"exported {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
+
+
+def cmd_eval_harness(args) -> None:
+    harness = needs("eval", "lrt.integrations.lm_eval")
+    results = harness.evaluate(args.checkpoint, tasks=args.tasks.split(","), memory=args.memory,
+                               include_path=args.include_path, limit=args.limit, batch_size=args.batch_size,
+                               num_fewshot=args.num_fewshot, device=args.device)
+    print(harness.table(results))
+    write_json(args.json, harness.summary(results))
+
+
+# lrt study ----------------------------------------------------------------------------------------
+
+
+def cmd_study_run(args) -> None:
+    from .study import describe, load_spec, run_study
+
+    spec = load_spec(args.spec, args.out)
+    print(describe(spec), file=sys.stderr)
+    if args.dry_run:
+        return
+    failures = run_study(spec, Path(args.out), jobs=args.jobs)
+    if failures:
+        raise ValueError(f"{len(failures)} run(s) failed: " + " | ".join(failures))
+    print(f"all {len(spec.runs)} runs finished; lrt study report {args.out}")
+
+
+def cmd_study_report(args) -> None:
+    from .study import load_spec
+    from .study_report import collect, core_scores, write_report
+
+    out = Path(args.dir)
+    if not (out / "spec.toml").is_file():
+        raise FileNotFoundError(f"{out} holds no study (no spec.toml): run `lrt study run SPEC --out {out}` first")
+    spec = load_spec(out / "spec.toml", out)
+    core = core_scores(spec, args.bundle) if args.bundle else None
+    print(write_report(collect(spec, core), out))
+
+
 # lrt recipe ---------------------------------------------------------------------------------------
 
 
@@ -314,6 +377,12 @@ def cmd_recipe(args) -> None:
 
 
 # parser -------------------------------------------------------------------------------------------
+
+
+def device_and_json(p: argparse.ArgumentParser) -> None:
+    """The two options every reading command shares."""
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=output_file, metavar="PATH", help="also write the numbers as JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,17 +431,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated memories, each scored ({memory_help}); exact is the slow one")
     e.add_argument("--batch-size", type=positive_int, default=16)
     e.add_argument("--bucket", type=positive_int, default=64, help="position bucket of the exact BPB breakdown")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--json", type=output_file, metavar="PATH", help="also write the numbers as JSON")
+    device_and_json(e)
     e.set_defaults(run=cmd_eval_bpb)
     e = esub.add_parser("core", help="the CORE suite (DCLM tasks as nanochat) from a local bundle")
     e.add_argument("checkpoint")
     e.add_argument("--bundle", required=True, help="folder with core.yaml, eval_meta_data.csv, eval_data/")
     e.add_argument("--memory", default="exact", help=f"how prompts are read: {memory_help}")
     e.add_argument("--max-per-task", type=positive_int, default=None, help="items per task (quick runs)")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--json", type=output_file, metavar="PATH")
+    device_and_json(e)
     e.set_defaults(run=cmd_eval_core)
+
+    e = esub.add_parser("harness", help="lm-evaluation-harness tasks (pip install 'lrt[eval]')")
+    e.add_argument("checkpoint", help="a run folder, a checkpoint folder or an exported HF folder")
+    e.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    e.add_argument("--include-path", default=None, help="a folder of task YAMLs (your own, local tasks)")
+    e.add_argument("--memory", default="exact", help=f"how every request is read: {memory_help}")
+    e.add_argument("--limit", type=positive_int, default=None, help="examples per task (quick runs)")
+    e.add_argument("--num-fewshot", type=natural, default=None)
+    e.add_argument("--batch-size", type=positive_int, default=8)
+    device_and_json(e)
+    e.set_defaults(run=cmd_eval_harness)
+
+    p = sub.add_parser("export", help="write a run in another format")
+    xsub = p.add_subparsers(dest="export_command", required=True, parser_class=Parser)
+    x = xsub.add_parser("hf", help="a Hugging Face transformers folder (pip install 'lrt[hf]')")
+    x.add_argument("checkpoint", help="a run folder or a checkpoint folder")
+    x.add_argument("out", help="a new folder")
+    x.set_defaults(run=cmd_export_hf)
 
     p = sub.add_parser("generate", help="sample text with the true recurrence")
     p.add_argument("checkpoint")
@@ -386,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=natural, default=0)
     p.add_argument("--quiet", action="store_true", help="print nothing but the JSON/stderr summary")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", type=output_file, metavar="PATH")
+    p.add_argument("--compile", action="store_true",
+                   help="decode with the compiled fixed-shape step (a CUDA graph on GPU; compiling takes a while)")
+    device_and_json(p)
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("bench", help="speed and memory of LRT against the baseline, in one process")
@@ -417,8 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt-len", type=positive_int, default=64)
     b.add_argument("--repeats", type=positive_int, default=5)
     b.add_argument("--dtype", choices=DTYPES, default="float32")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--json", type=output_file, metavar="PATH")
+    b.add_argument("--compile", action="store_true",
+                   help="also time the compiled static step (a CUDA graph on GPU) of every variant")
+    device_and_json(b)
     b.set_defaults(run=cmd_bench_decode)
 
     p = sub.add_parser("download", help="fetch data for users with internet (never needed by the demo or tests)")
@@ -432,6 +519,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="data/eval_bundle")
     d.add_argument("--url", default=None)
     d.set_defaults(run=cmd_download_core)
+
+    p = sub.add_parser("study", help="a grid of runs with seeds (the paper's comparisons) and its report")
+    ssub = p.add_subparsers(dest="study_command", required=True, parser_class=Parser)
+    st = ssub.add_parser("run", help="run every cell (skips finished runs, resumes interrupted ones)")
+    st.add_argument("spec", help="a study spec (TOML), e.g. studies/cpu.toml")
+    st.add_argument("--out", required=True, help="the study's folder")
+    st.add_argument("--jobs", type=positive_int, default=1, help="runs side by side (a GPU each, or a share of the cores)")
+    st.add_argument("--dry-run", action="store_true", help="print every cell, its steps and FLOPs, and stop")
+    st.set_defaults(run=cmd_study_run)
+    st = ssub.add_parser("report", help="report.md and plots: means, intervals, a verdict per paper claim")
+    st.add_argument("dir", help="the study's folder")
+    st.add_argument("--bundle", default=None, help="a CORE bundle: also CORE with exact memory of every run")
+    st.set_defaults(run=cmd_study_report)
 
     p = sub.add_parser("recipe", help="end-to-end recipes (the paper's pretraining comparison)")
     rsub = p.add_subparsers(dest="recipe", required=True, parser_class=Parser)

@@ -71,6 +71,9 @@ class LRTConfig:
     source_layer: int | None = None  # None: about 2/3 of depth
     target_layers: tuple[int, ...] | None = None  # None: every layer
     residual_init: float = 0.1  # initial g_l of Residual Injection
+    # memory reset at document boundaries (LRT_SPEC section 7): a position holding bos_id gets m = 0
+    reset_memory_at_bos: bool = False
+    bos_id: int | None = None  # the tokenizer's <|bos|>; training sets it
 
     def __post_init__(self):
         for name in ("vocab_size", "sequence_len", "n_layer", "n_head", "n_kv_head", "n_embd", "gate_channels"):
@@ -97,6 +100,12 @@ class LRTConfig:
         check_number("residual_init", self.residual_init, -math.inf)
         if self.gate_channels > self.n_embd:
             _fail("gate_channels", f"at most n_embd={self.n_embd}", self.gate_channels)
+        if not isinstance(self.reset_memory_at_bos, bool):
+            _fail("reset_memory_at_bos", "true or false", self.reset_memory_at_bos)
+        if self.bos_id is not None and (not is_int(self.bos_id) or not 0 <= self.bos_id < self.vocab_size):
+            _fail("bos_id", f"None or a token id in 0..{self.vocab_size - 1}", self.bos_id)
+        if self.reset_memory_at_bos and self.bos_id is None:
+            _fail("bos_id", "the <|bos|> token id when reset_memory_at_bos is on", self.bos_id)
         if self.source_layer is None:
             self.source_layer = max(1, round(2 * self.n_layer / 3))
         if not is_int(self.source_layer) or not 1 <= self.source_layer <= self.n_layer:

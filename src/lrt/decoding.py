@@ -1,6 +1,12 @@
 """Recurrent decoding (LRT_SPEC section 3): a KV cache plus one memory vector per sequence,
 one forward per token, after the prompt is read with a memory mode (memory.py): `exact` (token
 by token, the reference), `parallel` (a schedule's passes), `fixed-point`, or `zero`.
+
+A state is *static* or not. A dynamic step attends to the cache positions in use so far (its
+shapes grow by one key a token): the fastest eager step, and the reference. A static step
+attends to the whole preallocated cache, masked by each row's position, and writes the memory
+and positions in place, so every step has the same shapes and addresses: what a compiled step
+(`compile_decoding`) and CUDA graphs need. Both compute the same function.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ class DecodeState:
     pos: torch.Tensor  # (B,): each sequence's next position
     length: int  # cache positions in use (the longest sequence so far)
     max_len: int
+    static: bool = False  # fixed shapes: the whole cache attended, memory and positions written in place
 
     @property
     def batch_size(self) -> int:
         return self.pos.size(0)
 
 
-def new_state(model, batch_size: int, max_len: int, *, zero_memory: bool = False) -> DecodeState:
-    """An empty state; with `zero_memory` the memory stays m = 0 for every token."""
+def new_state(model, batch_size: int, max_len: int, *, zero_memory: bool = False,
+              static: bool | None = None) -> DecodeState:
+    """An empty state with its cache allocated; with `zero_memory` the memory stays m = 0 for
+    every token. `static` defaults to whether the model has a compiled step (compile_decoding)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(max_len, int) or max_len < 1:
@@ -37,7 +46,24 @@ def new_state(model, batch_size: int, max_len: int, *, zero_memory: bool = False
     weight = model.wte.weight
     memory = None if zero_memory else weight.new_zeros(batch_size, model.config.n_embd)  # m_0 = 0
     pos = torch.zeros(batch_size, dtype=torch.long, device=weight.device)
-    return DecodeState(KVBuffer(model.config.n_layer, max_len, inplace=True), memory, pos, 0, max_len)
+    cfg = model.config
+    cache = KVBuffer(cfg.n_layer, max_len, inplace=True)
+    dtype = model.blocks[0].attn.c_k.weight.dtype
+    for layer in range(cfg.n_layer):
+        for kv in (cache.k, cache.v):
+            kv[layer] = weight.new_zeros(batch_size, cfg.n_kv_head, max_len, cfg.head_dim, dtype=dtype)
+    if static is None:
+        static = model.compiled_step is not None
+    return pinned(DecodeState(cache, memory, pos, 0, max_len, static))
+
+
+def pinned(state: DecodeState) -> DecodeState:
+    """A static CUDA state's tensors marked as fixed addresses: the compiled step writes them in
+    place, which a CUDA graph replays only into inputs it knows never move."""
+    if state.static and state.pos.is_cuda:
+        for t in (*state.cache.k, *state.cache.v, *([] if state.memory is None else [state.memory])):
+            torch._dynamo.mark_static_address(t)
+    return state
 
 
 @torch.no_grad()
@@ -49,14 +75,43 @@ def step(model, tokens: torch.Tensor, state: DecodeState, active: torch.Tensor |
         raise ValueError(f"tokens must have shape ({state.batch_size},) (one per sequence), got {tuple(tokens.shape)}")
     if active is None and state.length >= state.max_len:
         raise ValueError(f"the decoding state is full (max_len={state.max_len}); create it with a larger max_len")
-    memory = None if state.memory is None else state.memory.unsqueeze(1)
     state.length = min(state.length + 1, state.max_len)
-    h, source = model.forward_positions(tokens.unsqueeze(1), state.pos.unsqueeze(1), memory, state.cache,
-                                        kv_len=state.length)
-    if state.memory is not None:
-        state.memory = source[:, 0]
+    if state.static:
+        compiled = model.compiled_step
+        if compiled is not None and tokens.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are read by now
+        logits = (compiled or static_step)(model, tokens, state)
+        if compiled is not None:
+            logits = logits.clone()  # a CUDA graph overwrites its outputs at the next replay
+    else:
+        memory = None if state.memory is None else state.memory.unsqueeze(1)
+        h, source = model.forward_positions(tokens.unsqueeze(1), state.pos.unsqueeze(1), memory, state.cache,
+                                            kv_len=state.length)
+        if state.memory is not None:
+            state.memory = source[:, 0]
+        logits = model.head(h)[:, 0]
     state.pos += 1 if active is None else active.long()
+    return logits
+
+
+def static_step(model, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
+    """One token per row against the whole cache (keys past a row's position are masked out), the
+    memory written in place: the same shapes and addresses at every step."""
+    memory = None if state.memory is None else state.memory.unsqueeze(1)
+    h, source = model.forward_positions(tokens.unsqueeze(1), state.pos.unsqueeze(1), memory, state.cache)
+    if state.memory is not None:
+        state.memory.copy_(source[:, 0])
     return model.head(h)[:, 0]
+
+
+def compile_decoding(model, mode: str | None = None):
+    """Give `model` a compiled static step (used by every static state of it): one graph per batch
+    size and cache length. `mode` defaults to "reduce-overhead" on CUDA (the step is captured as a
+    CUDA graph: one launch a token) and to inductor's default on CPU (fused elementwise kernels)."""
+    if mode is None:
+        mode = "reduce-overhead" if model.wte.weight.is_cuda else "default"
+    model.compiled_step = torch.compile(static_step, mode=mode, dynamic=False)
+    return model
 
 
 @torch.no_grad()
@@ -70,35 +125,60 @@ def decode(model, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
 # prefill ------------------------------------------------------------------------------------------
 
 
+def select_rows(state: DecodeState, index: torch.Tensor) -> DecodeState:
+    """The state of rows `index` of a batch (in that order, repeats allowed): what beam search
+    keeps of its beams. Every row's keys, values, memory and position go along."""
+    cache = KVBuffer(len(state.cache.k), state.max_len, inplace=True)
+    cache.k = [k.index_select(0, index) for k in state.cache.k]
+    cache.v = [v.index_select(0, index) for v in state.cache.v]
+    memory = None if state.memory is None else state.memory.index_select(0, index)
+    return pinned(DecodeState(cache, memory, state.pos.index_select(0, index), state.length, state.max_len,
+                              state.static))
+
+
 @dataclass
 class Prefill:
     state: DecodeState
     logits: torch.Tensor  # (B, vocab): next-token logits after each prompt
     forwards: int  # sequential forward calls the prompt took (exact: its length)
+    hidden: torch.Tensor  # (B, T, d): final hidden states of every prompt position (prompts right-padded)
 
 
 @torch.no_grad()
 def prefill(model, prompts: list[list[int]], max_len: int, *, memory: Memory | str = "exact") -> Prefill:
     """Read a batch of prompts (lengths may differ) into a decoding state of capacity max_len."""
-    memory = Memory.parse(memory)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     device = model.wte.weight.device
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    T = int(lengths.max())
-    if T > max_len:
-        raise ValueError(f"a prompt of {T} tokens does not fit max_len={max_len}")
-    # right padding: every step is causal in position, so padding never reaches a prompt token
-    idx = torch.tensor([p + [p[-1]] * (T - len(p)) for p in prompts], device=device)
-    reading = read(model, idx, memory)
-    buffer, rows, last = reading.buffer, torch.arange(len(prompts), device=device), lengths - 1
-    state = new_state(model, len(prompts), max_len)
+    if int(lengths.max()) > max_len:
+        raise ValueError(f"a prompt of {int(lengths.max())} tokens does not fit max_len={max_len}")
+    reading = read(model, right_padded(prompts, device), memory)
+    state = state_after(model, reading, lengths, max_len)
+    rows = torch.arange(len(prompts), device=device)
+    hidden = reading.output.hidden
+    return Prefill(state, model.head(hidden[rows, lengths - 1]), reading.forwards, hidden)
+
+
+def right_padded(prompts: list[list[int]], device) -> torch.Tensor:
+    """Prompts of different lengths as one (B, T) batch: every step is causal in position, so the
+    padding after a prompt never reaches its tokens."""
+    T = max(map(len, prompts))
+    return torch.tensor([p + [p[-1]] * (T - len(p)) for p in prompts], device=device)
+
+
+@torch.no_grad()
+def state_after(model, reading, lengths: torch.Tensor, max_len: int) -> DecodeState:
+    """The decoding state that continues each row after its first `lengths[b]` tokens of a reading."""
+    buffer, T = reading.buffer, reading.buffer.length
+    device = lengths.device
+    state = new_state(model, lengths.numel(), max_len)
+    state.length = T
     for layer in range(model.config.n_layer):
         state.cache.write_kv(layer, torch.arange(T, device=device), buffer.k[layer], buffer.v[layer])
-    state.memory = buffer.source[rows, last]
-    state.pos = lengths.clone()
-    state.length = T
-    return Prefill(state, model.head(reading.output.hidden[rows, last]), reading.forwards)
+    state.memory.copy_(buffer.source[torch.arange(lengths.numel(), device=device), lengths - 1])
+    state.pos.copy_(lengths)
+    return state
 
 
 # sampling and generation --------------------------------------------------------------------------

@@ -141,6 +141,8 @@ def format_report(report: dict) -> str:
         delta = lrt_bpb - base_bpb
         verdict = "LRT better" if delta < 0 else "baseline better" if delta > 0 else "tie"
         lines.append(f"  {label:<44} baseline {base_bpb:.4f}  LRT {lrt_bpb:.4f}  difference {delta:+.4f} ({verdict})")
+    lines += ["", "One run each, 100 steps, one seed: the comparisons with seeds, intervals and budgets are in",
+              "docs/study/report.md (lrt study run studies/cpu.toml --out runs/study_cpu --jobs 2)."]
     lines += ["", "Samples (temperature 0.8, top-k 50, exact recurrent decoding):"]
     for name, text in report["samples"].items():
         lines += [f"--- {name} ---", text.rstrip(), ""]

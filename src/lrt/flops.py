@@ -43,3 +43,27 @@ def training_flops_per_sequence(config: LRTConfig, schedule: Schedule, T: int) -
             per_token = zero_memory_dense if step.memory == "zero" else dense
             total += len(step.positions) * per_token + attention * sum(keys_attended(config, t) for t in step.positions)
     return total
+
+
+# decoding ----------------------------------------------------------------------------------------
+
+
+def decode_cost(config: LRTConfig, batch: int, context: int, element_bytes: int) -> tuple[float, float]:
+    """Bytes read and FLOPs of one decoding step of `batch` rows at `context` cached positions:
+    every matrix once (the step's weight traffic, whatever the batch), an embedding row per token
+    and table, and the keys and values each layer attends to; FLOPs 2 x matrix parameters per
+    token plus attention. The arithmetic an overhead cannot go below."""
+    tables = 1 + sum(config.has_value_embed(l) for l in range(config.n_layer))
+    keys = keys_attended(config, context)
+    weights = matrix_params_per_token(config) + batch * tables * config.n_embd
+    cache = batch * keys * 2 * config.kv_dim
+    flops = batch * (2 * matrix_params_per_token(config) + 4 * config.n_head * config.head_dim * keys)
+    return (weights + cache) * element_bytes, flops
+
+
+def decode_floor(baseline: LRTConfig, variant: LRTConfig, batch: int, context: int, element_bytes: int) -> dict:
+    """The variant's arithmetic overhead over the baseline per decoded token: its extra share of
+    bytes read (what bounds a small batch) and of FLOPs (what bounds a large one)."""
+    base_bytes, base_flops = decode_cost(baseline, batch, context, element_bytes)
+    var_bytes, var_flops = decode_cost(variant, batch, context, element_bytes)
+    return {"bytes": var_bytes / base_bytes - 1, "flops": var_flops / base_flops - 1}

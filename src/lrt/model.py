@@ -135,6 +135,7 @@ class LRT(nn.Module):
         self.config = config
         self.attention = attention
         self.activation_checkpointing = activation_checkpointing  # recompute each block in backward
+        self.compiled_step = None  # the compiled static decoding step, once compile_decoding is called
         d, V = config.n_embd, config.vocab_size
         with torch.device("meta"):
             self.wte = nn.Embedding(V, d)
@@ -209,6 +210,8 @@ class LRT(nn.Module):
         written. `span` repeats 1-D positions as a range (it lets attention skip keys no query
         needs). Returns the final normed hidden states and the normed source states (B, Tq, d)."""
         cfg = self.config
+        if cfg.reset_memory_at_bos and memory is not None:  # memory never crosses into the next document
+            memory = memory.masked_fill((idx == cfg.bos_id).unsqueeze(-1), 0.0)
         x = x0 = norm(self.wte(idx))
         ctx = PassContext(pos, span, full, kv_len, buffer.length, buffer.inplace, *self.rotary(pos, x.dtype), x0=x0,
                           memory=memory, backend=resolve_attention(self.attention, idx.device))
@@ -280,12 +283,19 @@ class LRT(nn.Module):
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
 
-    def new_state(self, batch_size: int, max_len: int | None = None, *,
-                  zero_memory: bool = False) -> decoding.DecodeState:
-        return decoding.new_state(self, batch_size, max_len or self.config.sequence_len, zero_memory=zero_memory)
+    def new_state(self, batch_size: int, max_len: int | None = None, *, zero_memory: bool = False,
+                  static: bool | None = None) -> decoding.DecodeState:
+        return decoding.new_state(self, batch_size, max_len or self.config.sequence_len, zero_memory=zero_memory,
+                                  static=static)
 
     def step(self, tokens: torch.Tensor, state: decoding.DecodeState) -> torch.Tensor:
+        """Logits of the next token after `tokens` (B,); a static state of a model with a compiled
+        step (`compile_decoding`) takes the compiled path."""
         return decoding.step(self, tokens, state)
+
+    def compile_decoding(self, mode: str | None = None) -> LRT:
+        """Compile the fixed-shape decoding step (decoding.compile_decoding); states are static from now on."""
+        return decoding.compile_decoding(self, mode)
 
     def decode(self, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
         return decoding.decode(self, idx, zero_memory)

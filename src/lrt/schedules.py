@@ -176,7 +176,6 @@ def schedule_label(schedule: Schedule) -> str:
     return schedule.spec if schedule.name is not None and schedule.weights is None else type(schedule).__name__
 
 
-@torch.compiler.disable  # plain Python over positions: runs eagerly, its result is a constant to the graph
 @functools.lru_cache(maxsize=64)
 def checked_plan(schedule: Schedule, T: int) -> tuple[tuple[Step, ...], ...]:
     """The schedule's passes for length T, checked to never read what no earlier step wrote."""

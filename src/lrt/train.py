@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
 from tqdm import tqdm
 
 from . import checkpoint, distributed
@@ -80,7 +78,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
         self.record = None if resumed is None else checkpoint.read_record(resumed)
         self.tokenizer = load_tokenizer(cfg.tokenizer) if resumed is None else self._own_tokenizer(resumed)
-        self.config = cfg.model_config(self.tokenizer.vocab_size)
+        self.config = cfg.model_config(self.tokenizer.vocab_size, self.tokenizer.bos_id)
         self.seq_len = self.config.sequence_len
         self.schedule = cfg.make_schedule()
         checked_plan(self.schedule, self.seq_len)  # a schedule the sequence cannot take fails now
@@ -150,6 +148,9 @@ class Trainer:
         (any world size, any parallel mode); the rates and weight decay from this run's config, so
         learning-rate flags given with --resume apply; each rank's data position where the world
         size is the same, else the earliest position of the old ranks."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
         options = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.model, self.weights, options=options)
         base = [[(g["lr"], g["weight_decay"]) for g in opt.param_groups] for opt in self.optimizers]
@@ -194,6 +195,9 @@ class Trainer:
     def save(self, final: bool = False) -> Path | None:
         """Every rank hands its part to rank 0 (full state dicts through torch.distributed.checkpoint;
         each rank's data position and RNG), which writes the checkpoint; its path on rank 0."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(self.model, options=options)
         state = {
@@ -254,7 +258,8 @@ class Trainer:
             return evaluate_bpb(self.model, self.val_rows, self.token_bytes, memories=memories, world=self.world)
 
     def _log_eval(self, final: bool = False) -> dict:
-        result = self.evaluate(exact=final and self.cfg.final_decode)
+        exact = self.step in self.cfg.exact_at or (final and self.cfg.final_decode)
+        result = self.evaluate(exact=exact)
         record = {"step": self.step, "kind": "final" if final else "eval", "flops": self.step * self.flops_per_step,
                   "val_bpb": result.zero if result.parallel is None else result.parallel}
         if result.parallel is not None:
@@ -308,7 +313,7 @@ class Trainer:
             if self.stop:
                 raise Interrupted(f"interrupted: saved step {self.step} to {self.save()}; "
                                   f"continue with lrt train --resume {self.out}")
-            if self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+            if (self.step % cfg.eval_every == 0 or self.step in cfg.exact_at) and self.step < cfg.steps:
                 bar.set_postfix(loss=f"{loss:.3f}", val_bpb=f"{self._log_eval()['val_bpb']:.4f}")
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                 self.save()

@@ -47,6 +47,8 @@ class TrainConfig:
     eval_every: int = option(100, "steps between validations")
     eval_tokens: int = option(65536, "validation tokens")
     final_decode: bool = option(True, "the exact-memory validation BPB at the end of an LRT run")
+    exact_at: list[int] = field(default_factory=list, metadata={
+        "help": "steps whose validation also reads with exact memory (the decoding BPB; lrt study's budgets)"})
     save_every: int = option(0, "steps between checkpoints (0: at the end only)")
     keep: int = option(3, "checkpoints kept")
     seed: int = option(0, "random seed")
@@ -65,10 +67,13 @@ class TrainConfig:
         for name in ("out", "tokenizer", "preset", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if not isinstance(self.exact_at, list) or not all(isinstance(s, int) and s >= 1 for s in self.exact_at):
+            raise ValueError(f"exact_at must be a list of steps >= 1, got {self.exact_at!r}")
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a dict of LRTConfig overrides, got {self.model!r}")
-        if "vocab_size" in self.model:
-            raise ValueError("vocab_size comes from the tokenizer: it cannot be set with --set")
+        for name in ("vocab_size", "bos_id"):
+            if name in self.model:
+                raise ValueError(f"{name} comes from the tokenizer: it cannot be set with --set")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_attention(self.attention)
@@ -111,8 +116,9 @@ class TrainConfig:
     def make_schedule(self) -> Schedule:
         return parse_schedule(self.schedule)
 
-    def model_config(self, vocab_size: int) -> LRTConfig:
-        """The preset, the schedule's implication (baseline = plain transformer), then overrides."""
+    def model_config(self, vocab_size: int, bos_id: int | None = None) -> LRTConfig:
+        """The preset, the schedule's implication (baseline = plain transformer), then overrides;
+        the tokenizer's vocabulary, and its <|bos|> where memory resets there."""
         d = dict(get_preset(self.preset).shape)
         if self.schedule == "baseline":
             d["injection"] = "none"
@@ -120,15 +126,19 @@ class TrainConfig:
         if self.seq_len is not None:
             d["sequence_len"] = self.seq_len
         d["vocab_size"] = vocab_size
+        if d.get("reset_memory_at_bos"):
+            d["bos_id"] = bos_id
         return LRTConfig.from_dict(d)
 
 
 def flag_fields(cls) -> list[tuple[dataclasses.Field, type]]:
-    """The fields of a config dataclass that are command-line flags, with their value type."""
+    """The fields of a config dataclass that are command-line flags, with their value type (a
+    list type for a flag that takes several values)."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
         if "help" in f.metadata:
-            kinds = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
-            out.append((f, kinds[0]))
+            hint = hints[f.name]
+            kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+            out.append((f, hint if typing.get_origin(hint) is list else kinds[0]))
     return out

@@ -1,0 +1,96 @@
+"""lm-evaluation-harness model `lrt` (issue 13): the harness receives lrt's own exact-memory
+scores, offline, on a task defined by a local YAML over local JSONL."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+
+from helpers import write_lm_eval_task  # noqa: E402
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from lrt.checkpoint import load_run  # noqa: E402
+from lrt.cli import main  # noqa: E402
+from lrt.integrations.lm_eval import LRTLM, evaluate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm_eval")
+    assert main(["train", "--preset", "tiny", "--steps", "3", "--batch-size", "2", "--eval-tokens", "128",
+                 "--no-final-decode", "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+@pytest.fixture
+def task_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return write_lm_eval_task(tmp_path / "tasks", "lrt_local_mc")
+
+
+def exact_logprob(model, tokens: list[int], n: int) -> float:
+    """log p(last n tokens | the rest), by lrt's token-by-token decoding."""
+    idx = torch.tensor([tokens[:-1]])
+    logprobs = torch.log_softmax(model.decode(idx)[0].float(), -1)
+    return sum(logprobs[t, tokens[t + 1]].item() for t in range(len(tokens) - 1 - n, len(tokens) - 1))
+
+
+def test_the_harness_receives_lrts_exact_memory_scores(run, task_dir):
+    results = evaluate(str(run), tasks=["lrt_local_mc"], include_path=str(task_dir), batch_size=3, log_samples=True)
+    trained = load_run(run, "cpu")
+    tok = trained.tokenizer
+    samples = results["samples"]["lrt_local_mc"]
+    assert len(samples) == 4 and "acc,none" in results["results"]["lrt_local_mc"]
+    for sample in samples:
+        for (context, continuation), response in zip(sample["arguments"], sample["resps"]):
+            tokens = [tok.bos_id] + tok.encode(context + continuation)
+            expected = exact_logprob(trained.model, tokens, len(tok.encode(continuation)))
+            assert response[0][0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_rolling_loglikelihood_is_the_exact_decoding_nll(run):
+    lm = LRTLM(str(run))
+    trained = load_run(run, "cpu")
+    text = "Whether 'tis nobler in the mind to suffer"
+    (score,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    tokens = [trained.tokenizer.bos_id] + trained.tokenizer.encode(text)
+    assert score == pytest.approx(exact_logprob(trained.model, tokens, len(tokens) - 1), abs=1e-4)
+    long_text = text * 4  # longer than the 64-token window: read in windows, every token scored once
+    (long_score,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (long_text,), 0)])
+    assert long_score < score < 0
+
+
+def test_generate_until_stops_at_the_given_strings(run):
+    lm = LRTLM(str(run))
+    trained = load_run(run, "cpu")
+    prompt = "To be, or not"
+    free = trained.model.generate([[trained.tokenizer.bos_id] + trained.tokenizer.encode(prompt)], 30,
+                                  temperature=0).tokens[0]
+    text = trained.tokenizer.decode(free)
+    stop = text[3]  # a character the greedy continuation writes
+    (out,) = lm.generate_until([Instance("generate_until", {}, (prompt, {"until": [stop], "max_gen_toks": 30}), 0)])
+    assert out == text[: text.index(stop)] and stop not in out
+
+
+def test_an_exported_folder_scores_like_its_run(run, tmp_path):
+    pytest.importorskip("transformers")
+    assert main(["export", "hf", str(run), str(tmp_path / "export")]) == 0
+    request = [Instance("loglikelihood", {}, ("The sky is", " blue"), 0)]
+    assert LRTLM(str(tmp_path / "export")).loglikelihood(request) == LRTLM(str(run)).loglikelihood(request)
+
+
+def test_lrt_eval_harness_from_the_command_line(run, task_dir, tmp_path, capsys):
+    report = tmp_path / "harness.json"
+    assert main(["eval", "harness", str(run), "--tasks", "lrt_local_mc", "--include-path", str(task_dir),
+                 "--memory", "parallel", "--json", str(report)]) == 0
+    assert "lrt_local_mc" in capsys.readouterr().out
+    assert "acc,none" in json.loads(report.read_text())["results"]["lrt_local_mc"]
+
+
+def test_a_folder_that_is_not_an_export_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match="not an LRT export"):
+        LRTLM(str(tmp_path))
