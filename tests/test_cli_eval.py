@@ -71,6 +71,15 @@ def test_generate_streams_and_batches(run, tmp_path, capsys):
     assert "=== 'Or not'" in capsys.readouterr().out
 
 
+def test_generate_with_the_compiled_step_writes_the_same_text(run, tmp_path, capsys):
+    reports = [tmp_path / "eager.json", tmp_path / "compiled.json"]
+    for flags, report in zip([[], ["--compile"]], reports):
+        assert main(["generate", str(run), "--prompt", "To be", "--prompt", "O", "--max-tokens", "12",
+                     "--temperature", "0", "--quiet", "--json", str(report), *flags]) == 0
+    eager, compiled = (json.loads(r.read_text())["results"] for r in reports)
+    assert eager == compiled
+
+
 def test_bad_input(run, bundle, tmp_path, capsys):
     record_path = checkpoint.resolve(run) / "checkpoint.json"
     no_tokenizer = tmp_path / "no_tok"
