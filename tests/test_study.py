@@ -143,13 +143,13 @@ def test_the_report_gives_intervals_and_a_verdict_per_claim(tmp_path):
     report = (tmp_path / "study/report.md").read_text()
     assert "| 2e+09 | 3.0000 ± 0.0071 | 2.5000 ± 0.0071 | -0.5000 (-0.5000..-0.5000) |" in report
     assert "the gap does not change beyond its intervals: -0.5000 -> -0.5000 BPB" in report
-    assert "LRT is ahead of the baseline" in report
+    assert "LRT is ahead of the baseline." in report
 
 
 def test_the_gap_trend_is_read_from_paired_intervals():
     gaps = [Score([0.21, 0.2, 0.19]), Score([0.05, 0.06, 0.04]), Score([-0.11, -0.1, -0.09])]
-    assert "crosses zero" in gap_trend(gaps) and "ahead" in gap_trend(gaps)
-    assert "shrinks" in gap_trend(gaps[:2]) and "behind" in gap_trend(gaps[:2])
+    assert "crosses zero" in gap_trend(gaps) and "ahead of the baseline" in gap_trend(gaps)
+    assert "shrinks" in gap_trend(gaps[:2]) and "behind the baseline" in gap_trend(gaps[:2])
     assert "grows" in gap_trend(gaps[1::-1])
     assert difference(Score([3.0, 2.0]), Score([2.5, 2.25])).values == [0.5, -0.25]
 

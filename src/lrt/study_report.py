@@ -50,7 +50,8 @@ def difference(a: Score, b: Score) -> Score:
 def gap_trend(gaps: list[Score]) -> str:
     """Whether LRT's gap to the baseline shrinks, grows or crosses zero as the budget grows."""
     first, last = gaps[0], gaps[-1]
-    where = ("behind" if last.interval[0] > 0 else "ahead" if last.interval[1] < 0 else "level (the CI spans 0)")
+    where = ("behind the baseline" if last.interval[0] > 0 else "ahead of the baseline" if last.interval[1] < 0
+             else "level with the baseline (the CI spans 0)")
     if not (better(first, last) or better(last, first)):
         trend = "does not change beyond its intervals"
     elif (first.mean > 0) != (last.mean > 0):
@@ -58,7 +59,7 @@ def gap_trend(gaps: list[Score]) -> str:
     else:
         trend = "shrinks" if abs(last.mean) < abs(first.mean) else "grows"
     return (f"From the smallest to the largest budget the gap {trend}: {first.mean:+.4f} -> {last.mean:+.4f} BPB; "
-            f"at the largest budget LRT is {where} of the baseline.")
+            f"at the largest budget LRT is {where}.")
 
 
 def better(a: Score, b: Score) -> bool:
@@ -190,8 +191,10 @@ def write_report(result: StudyResult, out: Path) -> Path:
                              for i in range(len(spec.budgets))])]
     if result.equal_steps is not None:
         lrt = result.bpb["lrt"][-1]
+        gap = difference(lrt, result.equal_steps)
         lines += ["", f"At equal steps (the baseline at LRT's step count of the largest budget): baseline "
-                      f"{result.equal_steps}, LRT {lrt}: difference {lrt.mean - result.equal_steps.mean:+.4f}."]
+                      f"{result.equal_steps}, LRT {lrt}: LRT - baseline {gap.mean:+.4f} "
+                      f"(95% CI {gap.interval[0]:+.4f}..{gap.interval[1]:+.4f}, paired by seed)."]
     lines += ["", "## Every cell (largest budget)", "", "| cell | schedule | BPB | 95% CI |"
               + (" CORE |" if result.core else ""), "| --- | --- | --- | --- |" + (" --- |" if result.core else "")]
     for cell in spec.cells:
