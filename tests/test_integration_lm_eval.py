@@ -94,3 +94,9 @@ def test_a_folder_that_is_not_an_export_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(ValueError, match="not an LRT export"):
         LRTLM(str(tmp_path))
+
+
+def test_an_unknown_task_is_one_line(run, capsys):
+    assert main(["eval", "harness", str(run), "--tasks", "no_such_task", "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown lm-eval task(s): no_such_task" in err and len(err.strip().splitlines()) == 1

@@ -172,3 +172,10 @@ def test_the_memory_reset_is_compared_not_judged(tmp_path):
 def test_report_needs_a_study(tmp_path, capsys):
     assert main(["study", "report", str(tmp_path)]) == 2
     assert "holds no study" in capsys.readouterr().err
+
+
+def test_a_file_as_the_study_folder_is_one_line_and_untouched(tmp_path, capsys):
+    out = tmp_path / "afile"
+    out.write_text("mine")
+    assert main(["study", "run", str(spec_file(tmp_path)), "--out", str(out)]) == 2
+    assert "is a file" in capsys.readouterr().err and out.read_text() == "mine"

@@ -78,10 +78,11 @@ def step(model, tokens: torch.Tensor, state: DecodeState, active: torch.Tensor |
     state.length = min(state.length + 1, state.max_len)
     if state.static:
         compiled = model.compiled_step
-        if compiled is not None and tokens.is_cuda:
+        graphed = compiled is not None and tokens.is_cuda
+        if graphed:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are read by now
         logits = (compiled or static_step)(model, tokens, state)
-        if compiled is not None:
+        if graphed:
             logits = logits.clone()  # a CUDA graph overwrites its outputs at the next replay
     else:
         memory = None if state.memory is None else state.memory.unsqueeze(1)

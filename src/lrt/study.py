@@ -100,6 +100,8 @@ def _split(fields: dict) -> tuple[dict, dict]:
 def load_spec(path: str | Path, out: str | Path) -> Spec:
     """Read and check a spec: every cell's configuration is built, so a bad field fails now."""
     path = Path(path)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file: a study's folder must be a folder")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

@@ -140,8 +140,12 @@ def evaluate(pretrained: str, *, tasks: list[str], memory: str = "exact", includ
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
+    manager = TaskManager(include_path=include_path)
+    unknown = [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
+    if unknown:
+        raise ValueError(f"unknown lm-eval task(s): {', '.join(unknown)} (a name lm-eval knows, one from "
+                         "--include-path, or a task YAML)")
     model = LRTLM(pretrained, memory=memory, batch_size=batch_size, device=device)
-    manager = TaskManager(include_path=include_path) if include_path else None
     return simple_evaluate(model=model, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                            log_samples=log_samples)
 
