@@ -28,6 +28,7 @@ def test_bench_train_report(tmp_path, capsys):
     assert results["chunked:64"]["ideal_flop_ratio"] < 1.2  # one pass (C > T: a single chunk)
     for r in results.values():
         assert len(r["step"]["samples"]) == 2 and r["activation_bytes"] > 0 and r["tokens_per_s"] > 0
+        assert r["first_forward_backward"] > 0  # with --compile: the cold compile time
     assert results["interleaved:2"]["activation_bytes"] > results["baseline"]["activation_bytes"]
     out = capsys.readouterr().out
     assert "interleaved:2" in out and "ideal" in out
@@ -43,6 +44,15 @@ def test_bench_decode_report():
     prefill = report["prefill"]
     assert prefill["exact"]["forwards"] == 4 and prefill["parallel:interleaved:2"]["forwards"] == 3
     assert "prefill of 2 x 4 tokens" in format_decode(report)
+
+
+def test_bench_decode_times_the_chosen_variants_and_refuses_unknown_ones(capsys):
+    report = bench_decode("small", batches=(1,), tokens=2, prompt_len=4, repeats=1, variants=("LRT-shared",),
+                          progress=None)
+    assert list(report["per_token"]["1"]) == ["baseline", "LRT-shared"]  # the baseline always, first
+    assert report["prefill_model"] == "LRT-shared"
+    assert main(["bench", "decode", "--config", "small", "--variants", "baseline,LRT-sharde"]) == 2
+    assert "unknown variant 'LRT-sharde'" in capsys.readouterr().err
 
 
 def test_decode_floor_is_the_pathways_share_of_the_arithmetic():

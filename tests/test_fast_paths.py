@@ -1,8 +1,11 @@
 """The fast paths compute the same function as the reference path (issue 5, "must hold")."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
 
 import lrt
 from lrt import attention
@@ -56,6 +59,21 @@ def test_flex_block_mask_skips_invisible_blocks():
     assert dense.shape == (4, 8)
     assert dense[0].tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
     assert dense.sum().item() == 2 + 4 + 6 + 8
+
+
+def test_spans_of_one_shape_share_one_compiled_flex_graph():
+    """A span's start and stride reach compiled FlexAttention as inputs, not constants: eight chunks
+    of one length compile once (a chunked pass or an exact prefill, a new start per call, would
+    otherwise recompile until dynamo's limit), and each equals the dense reference."""
+    torch._dynamo.utils.counters.clear()
+    flex = torch.compile(flex_attention, dynamic=False)
+    g = torch.Generator().manual_seed(0)
+    keys, values, q = (torch.randn(1, 2, n, 16, generator=g) for n in (256, 256, 32))
+    for start in range(0, 256, 32):
+        pos = torch.arange(start, start + 32)
+        out = flex(q, keys, values, block_mask=span_block_mask(start, 1, 32, 256, None, "cpu"))
+        assert rel_err(out.double(), dense_reference(q, keys, values, pos, None)) < 1e-5
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 @pytest.mark.parametrize("schedule", [lrt.Interleaved(subsets=2), lrt.Interleaved(subsets=3), lrt.MultiRefine(passes=2),
@@ -226,3 +244,24 @@ def test_compiled_blocks_compute_the_eager_model_on_cpu():
     loss, grads = loss_and_grads(model, idx, schedule, forward=compile_model(model))
     assert abs(loss - ref_loss).item() < 1e-5 * ref_loss.item()
     assert rel_err(grads, ref_grads) < 1e-4
+
+
+def test_compiled_functions_get_room_for_every_graph_and_the_setting_comes_back():
+    """Past dynamo's default of 8 graphs a compiled function runs eagerly without a word; the
+    compiled blocks and decoding step run inside room_for_graphs (two models in one process need
+    more than 8), which restores the process's setting when it ends."""
+    from lrt.runtime import GRAPHS_PER_FUNCTION, room_for_graphs
+
+    def graphs(n, room):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        fn = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
+        with room_for_graphs() if room else contextlib.nullcontext():
+            for length in range(1, n + 1):
+                fn(torch.ones(length))
+        return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+    before = torch._dynamo.config.recompile_limit
+    assert graphs(12, room=False) == before < 12
+    assert graphs(12, room=True) == 12 <= GRAPHS_PER_FUNCTION
+    assert torch._dynamo.config.recompile_limit == before

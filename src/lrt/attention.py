@@ -40,7 +40,11 @@ def resolve_attention(name: str, device: torch.device) -> str:
 @functools.lru_cache(maxsize=256)
 def span_block_mask(start: int, step: int, n_queries: int, n_keys: int, window: int | None, device: str) -> BlockMask:
     """FlexAttention mask of queries at positions start, start+step, ... over keys 0..n_keys-1:
-    causal by original position, within `window` when one is set."""
+    causal by original position, within `window` when one is set. The span enters the mask as
+    tensors, not constants: compiled attention takes them as inputs, so every span of one shape
+    shares a graph (a constant is guarded on: a chunked pass or an exact prefill, a new start per
+    call, would recompile until dynamo's limit and then run unfused)."""
+    start, step = torch.tensor(start, device=device), torch.tensor(step, device=device)
 
     def visible(b, h, q, kv):
         p = start + q * step

@@ -139,7 +139,7 @@ def bench_train(config: str = "small", *, schedules: list[str] | None = None, re
         model = LRT(cfg, attention=attention, activation_checkpointing=activation_checkpointing, device=device)
         forward = compile_model(model) if compile else model
         runs[name] = dict(model=model, forward=forward, schedule=parse_schedule(name),
-                          optimizers=build_optimizers(model, OptimConfig()), fb=[], step=[])
+                          optimizers=build_optimizers(model, OptimConfig()), fb=[], step=[], first=None)
 
     def loss_of(run):
         with autocast:
@@ -160,6 +160,8 @@ def bench_train(config: str = "small", *, schedules: list[str] | None = None, re
             fb = _timed(lambda: forward_backward(run), device)
             run["model"].zero_grad(set_to_none=True)
             st = _timed(lambda: full_step(run), device)
+            if run["first"] is None:  # a compiled run compiles here: its cold compile time
+                run["first"] = fb
             if round_ >= warmup:
                 run["fb"].append(fb)
                 run["step"].append(st)
@@ -174,6 +176,7 @@ def bench_train(config: str = "small", *, schedules: list[str] | None = None, re
         results[name] = {
             "forward_backward": Timing(run["fb"]).as_dict(),
             "step": Timing(run["step"]).as_dict(),
+            "first_forward_backward": run["first"],
             "ideal_flop_ratio": flops / base_flops,
             "params": parameter_counts(model).total,
             "tokens_per_s": batch * T / statistics.median(run["step"]),
@@ -222,6 +225,9 @@ def format_train(report: dict) -> str:
         if has["mfu"]:
             row += f"{100 * r['mfu']:>6.1f}%"
         lines.append(row)
+    if report["compile"]:
+        lines.append("first forward+backward (compiling included): "
+                     + ", ".join(f"{name} {r['first_forward_backward']:.1f} s" for name, r in results.items()))
     lines.append("x: median over rounds of time / the baseline's time in the same round; ideal: FLOP ratio of the "
                  "schedule's passes; act: bytes saved for backward; peak: CUDA allocator peak during fwd+bwd"
                  + (f"; MFU against {report['peak_tflops']:.0f} TFLOP/s" if has["mfu"] else ""))
@@ -230,13 +236,18 @@ def format_train(report: dict) -> str:
 
 def bench_decode(config: str = "wide", *, batches: tuple[int, ...] = (1, 8), tokens: int = 64, prompt_len: int = 64,
                  repeats: int = 5, device: str = "cpu", dtype: str = "float32", compile: bool = False,
-                 progress=print) -> dict:
-    """Per-token latency of each variant (VARIANTS) at each batch size, eager (the dynamic step)
-    and, with `compile`, the compiled static step (decoding.compile_decoding); each variant's
-    arithmetic floor; and prefill time of each prompt memory (PREFILL_MEMORIES)."""
+                 variants: tuple[str, ...] = tuple(VARIANTS), progress=print) -> dict:
+    """Per-token latency of each variant (names in VARIANTS, the baseline always among them) at
+    each batch size, eager (the dynamic step) and, with `compile`, the compiled static step
+    (decoding.compile_decoding); each variant's arithmetic floor; and prefill time of each prompt
+    memory (PREFILL_MEMORIES) with the first LRT variant."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
     device = torch.device(device)
     lrt_config, _ = bench_config(config)
-    configs = {name: LRTConfig(**{**lrt_config.to_dict(), **overrides}) for name, overrides in VARIANTS.items()}
+    names = ["baseline", *(v for v in VARIANTS if v in variants and v != "baseline")]
+    configs = {name: LRTConfig(**{**lrt_config.to_dict(), **VARIANTS[name]}) for name in names}
     modes = ("eager", "compiled") if compile else ("eager",)
     models = {}
     for mode in modes:
@@ -281,9 +292,20 @@ def bench_decode(config: str = "wide", *, batches: tuple[int, ...] = (1, 8), tok
                 "speedup": statistics.median(samples[(("eager", name), b)]) / median,
                 "floor": max(floor.values()), "floor_bytes": floor["bytes"], "floor_flops": floor["flops"],
                 "first_step": first_step[((mode, name), b)]}
-    # prefill: each memory on one prompt batch, LRT-shared (its memory is what they differ in)
-    model = models[("eager", "LRT-shared")]
-    prompts = torch.randint(0, lrt_config.vocab_size, (batches[-1], prompt_len), generator=g).tolist()
+    # prefill: each memory on one prompt batch, with an LRT model (its memory is what they differ in)
+    lrt_name = next((name for name in names if name != "baseline"), None)
+    prefill_times = {} if lrt_name is None else time_prefill(models[("eager", lrt_name)], batch=batches[-1], prompt_len=prompt_len,
+                                                             repeats=repeats, generator=g)
+    return {"kind": "decode", "config": config, "model": lrt_config.to_dict(), "tokens": tokens, "prompt_len": prompt_len,
+            "device": str(device), "dtype": dtype, "repeats": repeats, "threads": torch.get_num_threads(),
+            "compile": compile, "per_token": per_token, "prefill": prefill_times, "prefill_batch": batches[-1],
+            "prefill_model": lrt_name}
+
+
+def time_prefill(model, *, batch: int, prompt_len: int, repeats: int, generator) -> dict:
+    """Time to read one prompt batch under each memory of PREFILL_MEMORIES, and its forward calls."""
+    device = model.wte.weight.device
+    prompts = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=generator).tolist()
     prefill_times = {}
     for memory in PREFILL_MEMORIES:
         times, forwards = [], None
@@ -297,9 +319,7 @@ def bench_decode(config: str = "wide", *, batches: tuple[int, ...] = (1, 8), tok
             times.append(_timed(run, device))
             forwards = out.forwards
         prefill_times[memory] = {**Timing(times[1:]).as_dict(), "forwards": forwards}
-    return {"kind": "decode", "config": config, "model": lrt_config.to_dict(), "tokens": tokens, "prompt_len": prompt_len,
-            "device": str(device), "dtype": dtype, "repeats": repeats, "threads": torch.get_num_threads(),
-            "compile": compile, "per_token": per_token, "prefill": prefill_times, "prefill_batch": batches[-1]}
+    return prefill_times
 
 
 def format_decode(report: dict) -> str:
@@ -319,7 +339,9 @@ def format_decode(report: dict) -> str:
         lines.append(f"compiling: the first compiled step of a model and batch size took {min(firsts):.1f}-{max(firsts):.1f} s")
     lines.append("overhead: over the baseline of the same mode; floor: the pathway's extra share of the bytes read "
                  "and FLOPs per token (the larger); gap: overhead - floor; vs eager: the eager step's time / this one's")
-    lines.append(f"prefill of {report['prefill_batch']} x {report['prompt_len']} tokens (LRT-shared):")
+    if report["prefill"]:
+        lines.append(f"prefill of {report['prefill_batch']} x {report['prompt_len']} tokens "
+                     f"({report.get('prefill_model', 'LRT-shared')}):")
     for memory, r in report["prefill"].items():
         lines.append(f"  {memory:<24}{1e3 * r['median']:>9.1f} ms  ({r['forwards']} forward calls)")
     return "\n".join(lines)

@@ -233,11 +233,11 @@ def cmd_eval_core(args) -> None:
 
 def cmd_generate(args) -> None:
     from .checkpoint import load_run
-    from .decoding import generate
+    from .decoding import compiled_by_default, generate
     from .tokenizer import TextStream
 
     run = load_run(args.checkpoint, args.device)
-    if args.compile:
+    if args.compile if args.compile is not None else compiled_by_default(run.model.wte.weight.device):
         run.model.compile_decoding()
     tok = run.tokenizer
     texts = list(args.prompt or [])
@@ -287,7 +287,8 @@ def cmd_bench_decode(args) -> None:
 
     report = bench_decode(args.config, batches=tuple(args.batch), tokens=args.tokens,
                           prompt_len=args.prompt_len, repeats=args.repeats, device=str(resolve_device(args.device)),
-                          dtype=args.dtype, compile=args.compile, progress=lambda msg: print(msg, file=sys.stderr))
+                          dtype=args.dtype, compile=args.compile, variants=tuple(args.variants.split(",")),
+                          progress=lambda msg: print(msg, file=sys.stderr))
     print(format_decode(report))
     write_json(args.json, report)
 
@@ -471,8 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=natural, default=0)
     p.add_argument("--quiet", action="store_true", help="print nothing but the JSON/stderr summary")
-    p.add_argument("--compile", action="store_true",
-                   help="decode with the compiled fixed-shape step (a CUDA graph on GPU; compiling takes a while)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode with the compiled fixed-shape step, a CUDA graph on GPU (default: on CUDA only; "
+                        "compiling takes 10-30 s the first time)")
     device_and_json(p)
     p.set_defaults(run=cmd_generate)
 
@@ -505,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", choices=DTYPES, default="float32")
     b.add_argument("--compile", action="store_true",
                    help="also time the compiled static step (a CUDA graph on GPU) of every variant")
+    b.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated pathway variants, the baseline always timed (default: {','.join(VARIANTS)})")
     device_and_json(b)
     b.set_defaults(run=cmd_bench_decode)
 

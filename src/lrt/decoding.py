@@ -11,12 +11,14 @@ and positions in place, so every step has the same shapes and addresses: what a 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from .attention import KVBuffer
 from .memory import Memory, read
+from .runtime import room_for_graphs
 
 
 @dataclass
@@ -47,13 +49,16 @@ def new_state(model, batch_size: int, max_len: int, *, zero_memory: bool = False
     memory = None if zero_memory else weight.new_zeros(batch_size, model.config.n_embd)  # m_0 = 0
     pos = torch.zeros(batch_size, dtype=torch.long, device=weight.device)
     cfg = model.config
-    cache = KVBuffer(cfg.n_layer, max_len, inplace=True)
+    if static is None:
+        static = model.compiled_step is not None
+    # a static step attends to its whole cache: rounded up to a power of two, the cache lengths of
+    # all prompts and budgets make a few compiled graphs per batch size, not one per length
+    capacity = 1 << (max_len - 1).bit_length() if static else max_len
+    cache = KVBuffer(cfg.n_layer, capacity, inplace=True)
     dtype = model.blocks[0].attn.c_k.weight.dtype
     for layer in range(cfg.n_layer):
         for kv in (cache.k, cache.v):
-            kv[layer] = weight.new_zeros(batch_size, cfg.n_kv_head, max_len, cfg.head_dim, dtype=dtype)
-    if static is None:
-        static = model.compiled_step is not None
+            kv[layer] = weight.new_zeros(batch_size, cfg.n_kv_head, capacity, cfg.head_dim, dtype=dtype)
     return pinned(DecodeState(cache, memory, pos, 0, max_len, static))
 
 
@@ -81,7 +86,8 @@ def step(model, tokens: torch.Tensor, state: DecodeState, active: torch.Tensor |
         graphed = compiled is not None and tokens.is_cuda
         if graphed:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are read by now
-        logits = (compiled or static_step)(model, tokens, state)
+        with room_for_graphs() if compiled is not None else contextlib.nullcontext():
+            logits = (compiled or static_step)(model, tokens, state)
         if graphed:
             logits = logits.clone()  # a CUDA graph overwrites its outputs at the next replay
     else:
@@ -115,6 +121,13 @@ def compile_decoding(model, mode: str | None = None):
     return model
 
 
+def compiled_by_default(device: torch.device) -> bool:
+    """Whether `lrt generate` compiles its step unless told: on CUDA, where the CUDA-graph step is
+    7-8x faster per token than the eager one (d12/d20, docs/performance.md); not on CPU, where
+    compiling takes 10-45 s to gain 1.1-1.3x."""
+    return device.type == "cuda"
+
+
 @torch.no_grad()
 def decode(model, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
     """Exact token-by-token recurrence over a batch of sequences: the logits of every position."""
@@ -129,7 +142,7 @@ def decode(model, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
 def select_rows(state: DecodeState, index: torch.Tensor) -> DecodeState:
     """The state of rows `index` of a batch (in that order, repeats allowed): what beam search
     keeps of its beams. Every row's keys, values, memory and position go along."""
-    cache = KVBuffer(len(state.cache.k), state.max_len, inplace=True)
+    cache = KVBuffer(len(state.cache.k), state.cache.length, inplace=True)
     cache.k = [k.index_select(0, index) for k in state.cache.k]
     cache.v = [v.index_select(0, index) for v in state.cache.v]
     memory = None if state.memory is None else state.memory.index_select(0, index)

@@ -17,6 +17,7 @@ none of them and is the plain transformer baseline.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from . import decoding
 from .attention import KVBuffer, PassContext, check_attention, resolve_attention
 from .config import LRTConfig
+from .runtime import room_for_graphs
 from .schedules import Baseline, Schedule, ScheduleOutput, run_schedule
 
 
@@ -136,6 +138,7 @@ class LRT(nn.Module):
         self.attention = attention
         self.activation_checkpointing = activation_checkpointing  # recompute each block in backward
         self.compiled_step = None  # the compiled static decoding step, once compile_decoding is called
+        self.compiled_blocks = False  # set by compile_model
         d, V = config.n_embd, config.vocab_size
         with torch.device("meta"):
             self.wte = nn.Embedding(V, d)
@@ -219,16 +222,18 @@ class LRT(nn.Module):
         ctx.prepare(block.attn.window for block in self.blocks)
         checkpointed = self.activation_checkpointing and torch.is_grad_enabled()
         source = None
-        for layer, block in enumerate(self.blocks):
-            ve = self.value_embeds[str(layer)](idx) if str(layer) in self.value_embeds else None
-            past = (buffer.k[layer], buffer.v[layer])
-            if checkpointed:  # keep the block's inputs only; recompute its insides in backward
-                x, kv = checkpoint(block, x, ve, past, ctx, use_reentrant=False)
-            else:
-                x, kv = block(x, ve, past, ctx)
-            buffer.store(layer, *kv, full)
-            if layer + 1 == cfg.source_layer:
-                source = x
+        compiled = self.compiled_blocks and not torch.compiler.is_compiling()
+        with room_for_graphs() if compiled else contextlib.nullcontext():
+            for layer, block in enumerate(self.blocks):
+                ve = self.value_embeds[str(layer)](idx) if str(layer) in self.value_embeds else None
+                past = (buffer.k[layer], buffer.v[layer])
+                if checkpointed:  # keep the block's inputs only; recompute its insides in backward
+                    x, kv = checkpoint(block, x, ve, past, ctx, use_reentrant=False)
+                else:
+                    x, kv = block(x, ve, past, ctx)
+                buffer.store(layer, *kv, full)
+                if layer + 1 == cfg.source_layer:
+                    source = x
         x = norm(x)
         if cfg.source_layer == cfg.n_layer:  # h^(L) is taken after the final norm
             source = x
@@ -312,6 +317,7 @@ def compile_model(model: LRT) -> LRT:
     static (dynamic=False): a schedule has a few pass lengths, each its own graph."""
     for block in model.blocks:
         block.compile(dynamic=False)
+    model.compiled_blocks = True
     return model
 
 

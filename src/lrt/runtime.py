@@ -9,6 +9,7 @@ no numerics, only where memory comes from, and is a no-op off glibc.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 
@@ -47,3 +48,23 @@ def resolve_device(name: str) -> torch.device:
     if not available.get(device.type, False):
         raise ValueError(f"device {name!r} is not available on this machine (use auto, cpu, cuda[:N] or mps)")
     return device
+
+
+# graphs one compiled function may hold. A compiled block holds one per layer kind x pass kind,
+# and every model of the process shares Block.forward's cache (a baseline beside an LRT model in
+# bench or a study), as every model shares the decoding step's; past dynamo's default of 8 the
+# rest would run eagerly without a word
+GRAPHS_PER_FUNCTION = 64
+
+
+@contextlib.contextmanager
+def room_for_graphs(limit: int = GRAPHS_PER_FUNCTION):
+    """Let compiled functions called inside hold up to `limit` graphs; the process's setting is
+    back when the block ends (set and restored directly: dynamo's config.patch costs ~0.2 ms)."""
+    config = torch._dynamo.config
+    before = config.recompile_limit
+    config.recompile_limit = max(before, limit)
+    try:
+        yield
+    finally:
+        config.recompile_limit = before
