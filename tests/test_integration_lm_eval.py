@@ -75,6 +75,18 @@ def test_generate_until_stops_at_the_given_strings(run):
     assert out == text[: text.index(stop)] and stop not in out
 
 
+def test_generate_until_batches_requests_and_keeps_their_order(run):
+    """Requests of one length are generated together (batch_size at a time, each row on its own);
+    greedy, every answer is what the request gets alone."""
+    lm = LRTLM(str(run), batch_size=2)
+    requests = [Instance("generate_until", {}, (prompt, {"until": ["\n\n"], "max_gen_toks": n}), i)
+                for i, (prompt, n) in enumerate([("To be", 12), ("O Romeo, Romeo", 12), ("Now is the winter", 7),
+                                                  ("A horse", 12)])]
+    together = lm.generate_until(requests)
+    assert together == [lm.generate_until([r])[0] for r in requests]
+    assert len(set(together)) > 1
+
+
 def test_an_exported_folder_scores_like_its_run(run, tmp_path):
     pytest.importorskip("transformers")
     assert main(["export", "hf", str(run), str(tmp_path / "export")]) == 0

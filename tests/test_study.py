@@ -15,6 +15,7 @@ import pytest
 from lrt.cli import main
 from lrt.study import ci95, load_spec, status
 from lrt.study_report import Score, claims, collect, difference, gap_trend, write_report
+from helpers import LM_ITEMS, MC_ITEMS, write_core_bundle
 
 TINY = """
 [study]
@@ -111,6 +112,12 @@ def test_a_killed_study_resumes_without_redoing_finished_runs_and_reports(tmp_pa
     text = (out / "report.md").read_text()
     assert "LRT-shared Interleaved S=2 beats the baseline at equal training FLOPs" in text
     assert (out / "bpb_vs_compute.png").stat().st_size > 10_000 and (out / "ablations.png").exists()
+    # CORE with exact memory of every run, cached per bundle: another bundle is scored again
+    for name, tasks in (("mc", {"mc": ("multiple_choice", 0, MC_ITEMS)}), ("lm", {"lm": ("language_modeling", 0, LM_ITEMS)})):
+        bundle = write_core_bundle(tmp_path / name, tasks)
+        assert main(["study", "report", str(out), "--bundle", str(bundle)]) == 0
+        assert all(json.loads((Path(r.config.out) / "core.json").read_text())["bundle"] == str(bundle) for r in runs)
+        assert "CORE" in (out / "report.md").read_text()
 
 
 def fake_study(tmp_path, means: dict[str, float], spread: float = 0.01,
@@ -179,3 +186,24 @@ def test_a_file_as_the_study_folder_is_one_line_and_untouched(tmp_path, capsys):
     out.write_text("mine")
     assert main(["study", "run", str(spec_file(tmp_path)), "--out", str(out)]) == 2
     assert "is a file" in capsys.readouterr().err and out.read_text() == "mine"
+
+
+def test_a_study_folder_belongs_to_one_spec_and_one_process(tmp_path, capsys):
+    """Another spec's finished runs would pass for this one's (same cell names): refused, nothing
+    touched. A second `lrt study run` of a folder in use stops at once."""
+    from lrt.run_folder import RunFolder
+
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "spec.toml").write_text("# another study\n")
+    assert main(["study", "run", str(spec_file(tmp_path)), "--out", str(out)]) == 2
+    assert "holds another study" in capsys.readouterr().err
+    assert (out / "spec.toml").read_text() == "# another study\n" and not (out / "runs").exists()
+    (out / "spec.toml").unlink()
+    holder = RunFolder(out, user="lrt study run").acquire()
+    try:
+        assert main(["study", "run", str(spec_file(tmp_path)), "--out", str(out)]) == 2
+        assert "in use by another lrt study run" in capsys.readouterr().err
+        assert not (out / "spec.toml").exists()
+    finally:
+        holder.release()

@@ -355,13 +355,11 @@ def cmd_study_run(args) -> None:
 
 
 def cmd_study_report(args) -> None:
-    from .study import load_spec
+    from .study import open_study
     from .study_report import collect, core_scores, write_report
 
     out = Path(args.dir)
-    if not (out / "spec.toml").is_file():
-        raise FileNotFoundError(f"{out} holds no study (no spec.toml): run `lrt study run SPEC --out {out}` first")
-    spec = load_spec(out / "spec.toml", out)
+    spec = open_study(out)
     core = core_scores(spec, args.bundle) if args.bundle else None
     print(write_report(collect(spec, core), out))
 

@@ -22,8 +22,9 @@ def holds_a_run(folder: Path) -> bool:
 
 
 class RunFolder:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, user: str = "training"):
         self.path = Path(path)
+        self.user = user  # what holds the folder, for the message a second one gets
         self._lock = None
 
     def acquire(self) -> "RunFolder":
@@ -38,7 +39,7 @@ class RunFolder:
             lock.seek(0)
             holder = lock.read().strip() or "?"
             lock.close()
-            raise ValueError(f"{self.path} is in use by another training (pid {holder})") from None
+            raise ValueError(f"{self.path} is in use by another {self.user} (pid {holder})") from None
         lock.seek(0)
         lock.truncate()
         lock.write(str(os.getpid()))

@@ -45,6 +45,7 @@ from .config import LRTConfig
 from .flops import training_flops_per_sequence
 from .model import parameter_counts
 from .presets import get_preset
+from .run_folder import RunFolder
 from .schedules import parse_schedule
 from .tokenizer import load_tokenizer
 from .train_config import TrainConfig
@@ -167,6 +168,13 @@ def load_spec(path: str | Path, out: str | Path) -> Spec:
     return Spec(path, str(study.get("name", path.stem)), seeds, budgets, train, cells, runs)
 
 
+def open_study(out: Path) -> Spec:
+    """The spec a study folder was run with (`lrt study run` keeps it as spec.toml)."""
+    if not (out / "spec.toml").is_file():
+        raise FileNotFoundError(f"{out} holds no study (no spec.toml): run `lrt study run SPEC --out {out}` first")
+    return load_spec(out / "spec.toml", out)
+
+
 # running ------------------------------------------------------------------------------------------
 
 
@@ -214,11 +222,24 @@ def work(config_path: str) -> int:
 
 
 def run_study(spec: Spec, out: Path, jobs: int = 1, progress: bool = True) -> list[str]:
-    """Run what is not finished; the failures, one line each."""
+    """Run what is not finished; the failures, one line each. The study folder is locked while
+    it runs, and belongs to one spec: another spec's runs are never taken for this one's."""
+    folder = RunFolder(out, user="lrt study run").acquire()
+    try:
+        kept = out / "spec.toml"
+        if kept.exists() and kept.read_bytes() != spec.path.read_bytes():
+            raise ValueError(f"{out} holds another study ({kept} differs from {spec.path}): choose another --out, "
+                             f"or continue it with lrt study run {kept} --out {out}")
+        if not kept.exists():
+            shutil.copyfile(spec.path, kept)
+        return _run(spec, jobs, progress)
+    finally:
+        folder.release()
+
+
+def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
     from tqdm import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(spec.path, out / "spec.toml")
     todo = [run for run in spec.runs if status(run) != "finished"]
     gpus = _gpus()
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -256,11 +277,18 @@ def _gpus() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
+# Student's t, 97.5% quantile, by degrees of freedom (past 30 the normal's 1.96, within 4% of t)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+         29: 2.045, 30: 2.042}
+
+
 def ci95(values: list[float]) -> tuple[float, float, float]:
     """Mean, standard deviation and the half-width of the 95% confidence interval of the mean
     (Student's t with n - 1 degrees of freedom)."""
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}.get(n - 1, 1.96)
+    t = T_975.get(n - 1, 1.96)
     return mean, std, (t * std / math.sqrt(n) if n > 1 else math.inf)

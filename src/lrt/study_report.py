@@ -109,14 +109,15 @@ def collect(spec: Spec, core: dict[str, list[float]] | None = None) -> StudyResu
 
 
 def core_scores(spec: Spec, bundle: str, progress: bool = True) -> dict[str, list[float]]:
-    """CORE with exact memory of every run's final model (cached beside it as core.json)."""
+    """CORE with exact memory of every run's final model (cached beside it as core.json, for
+    that bundle: another bundle is scored again)."""
     from .checkpoint import load_run
     from .evaluate.core import evaluate_core
 
     scores: dict[str, list[float]] = {}
     for run in spec.runs:
         cached = Path(run.config.out) / "core.json"
-        if not cached.exists():
+        if not cached.exists() or json.loads(cached.read_text()).get("bundle") != str(bundle):
             trained = load_run(run.config.out)
             result = evaluate_core(trained.model, trained.tokenizer, bundle, memory="exact", progress=progress)
             cached.write_text(json.dumps({"core": result.core, "bundle": str(bundle)}))

@@ -116,20 +116,30 @@ class LRTLM(LM):
         return out
 
     def generate_until(self, requests) -> list[str]:
-        out = []
-        for context, kwargs in (r.args for r in requests):
+        """Requests with the same length and temperature are generated together, self.batch_size
+        at a time, each row at its own positions and stopping on its own."""
+        jobs = []  # (index, prompt, until, max tokens, temperature)
+        for index, (context, kwargs) in enumerate(r.args for r in requests):
             kwargs = dict(kwargs or {})
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             n = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
-            prompt = [self.bos] + self.tokenizer.encode(context)
-            prompt = prompt[-max(1, self.window - n):]
+            prompt = ([self.bos] + self.tokenizer.encode(context))[-max(1, self.window - n):]
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
-            tokens = generate(self.model, [prompt], n, memory=self.memory, temperature=temperature,
-                              stop_token=self.bos).tokens[0]
-            text = self.tokenizer.decode(tokens)
-            cuts = [text.find(s) for s in until if s and s in text]
-            out.append(text[: min(cuts)] if cuts else text)
+            jobs.append((index, prompt, until, n, temperature))
+        out = [""] * len(jobs)
+        groups: dict[tuple[int, float], list] = {}
+        for job in jobs:
+            groups.setdefault(job[3:], []).append(job)
+        for (n, temperature), group in groups.items():
+            for start in range(0, len(group), self.batch_size):
+                batch = group[start : start + self.batch_size]
+                generated = generate(self.model, [prompt for _, prompt, *_ in batch], n, memory=self.memory,
+                                     temperature=temperature, stop_token=self.bos).tokens
+                for (index, _, until, *_), tokens in zip(batch, generated):
+                    text = self.tokenizer.decode(tokens)
+                    cuts = [text.find(s) for s in until if s and s in text]
+                    out[index] = text[: min(cuts)] if cuts else text
         return out
 
 
