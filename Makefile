@@ -18,4 +18,6 @@ demo: $(BIN)/lrt
 	$(BIN)/lrt demo
 
 test: $(VENV)/.test-extras
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest

@@ -19,7 +19,7 @@ import time
 CHILD = r"""
 import json, statistics, sys, time, torch
 import lrt
-from lrt.bench import bench_config
+from lrt.experiments.bench import bench_config
 from lrt.presets import VARIANTS
 from lrt.model import compile_model
 config, schedule, device, dtype, whole, batch, seq = json.loads(sys.argv[1])
@@ -47,8 +47,12 @@ print(json.dumps({"first": times[0], "step": statistics.median(times[1:])}))
 
 def measure(config, schedule, args, whole):
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
-               "TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
+        env = {
+            **os.environ,
+            "TORCHINDUCTOR_CACHE_DIR": cache,
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+            "TORCHINDUCTOR_AUTOGRAD_CACHE": "0",
+        }
         spec = json.dumps([config, schedule, args.device, args.dtype, whole, args.batch_size, args.seq_len])
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", CHILD, spec], capture_output=True, text=True, env=env)
@@ -73,8 +77,11 @@ def main():
     for whole in modes:
         for schedule in args.schedules.split(","):
             report[(whole, schedule)] = r = measure(args.config, schedule, args, whole)
-            print(f"{'whole model' if whole else 'per block':<12}{schedule:<16} first step (cold compile) "
-                  f"{r['first']:7.1f} s, then {1e3 * r['step']:8.1f} ms/step", flush=True)
+            print(
+                f"{'whole model' if whole else 'per block':<12}{schedule:<16} first step (cold compile) "
+                f"{r['first']:7.1f} s, then {1e3 * r['step']:8.1f} ms/step",
+                flush=True,
+            )
     base = args.schedules.split(",")[0]
     for whole in modes:
         for schedule in args.schedules.split(",")[1:]:

@@ -6,6 +6,7 @@ import torch
 
 import lrt
 from lrt.evaluate.core import SAMPLE_ITEMS
+from lrt.train.config import TrainConfig
 
 INJECTIONS = ("kv+residual", "kv", "residual", "none")
 PROJECTIONS = ("shared", "layerwise")
@@ -14,12 +15,28 @@ PROJECTIONS = ("shared", "layerwise")
 def tiny_config(**overrides) -> lrt.LRTConfig:
     """Small enough for exhaustive identity checks, with every backbone feature switched on:
     GQA, a sliding-window layer, value embeddings, residual scalars, soft-capping."""
-    base = dict(
-        vocab_size=61, sequence_len=8, n_layer=3, n_head=4, n_kv_head=2, n_embd=32,
-        window_pattern="SL", short_window=3, value_embeds="alternating", gate_channels=8,
-    )
-    base.update(overrides)
-    return lrt.LRTConfig(**base)
+    shape = dict(vocab_size=61, sequence_len=8, n_layer=3, n_head=4, n_kv_head=2, n_embd=32)
+    features = dict(window_pattern="SL", short_window=3, value_embeds="alternating", gate_channels=8)
+    return lrt.LRTConfig(**{**shape, **features, **overrides})
+
+
+# the tiny run most CLI and training tests start from: one step, batches of 2, 128 evaluation tokens
+TINY_RUN = dict(preset="tiny", steps=1, batch_size=2, eval_tokens=128, final_decode=False)
+
+
+def tiny_train_config(out, **overrides) -> TrainConfig:
+    """The TrainConfig of a TINY_RUN into `out`; `overrides` replace its fields."""
+    return TrainConfig(out=str(out), **{**TINY_RUN, **overrides})
+
+
+def tiny_train_args(out, **flags) -> list[str]:
+    """The `lrt train` arguments of a TINY_RUN into `out`: each keyword sets a flag (`eval_every=2`
+    gives `--eval-every 2`); `final_decode=True` leaves out --no-final-decode."""
+    settings = {**TINY_RUN, **flags}
+    args = ["train", "--out", str(out)] + ([] if settings.pop("final_decode") else ["--no-final-decode"])
+    for name, value in settings.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return args
 
 
 def random_model(config: lrt.LRTConfig, dtype=torch.float32, seed=0, std=0.3) -> lrt.LRT:

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, tiny_train_args, write_core_bundle
 from lrt.cli import main
-from helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, write_core_bundle
 
 # LRTConfig fields through `lrt train --set`: (field, bad JSON values)
 BAD_FIELDS = {
@@ -38,14 +38,29 @@ assert set(BAD_FIELDS) - {"n_layers"} == {f.name for f in __import__("dataclasse
 
 # `lrt train` flags: (flag, bad values)
 BAD_TRAIN_FLAGS = {
-    "--steps": ["0", "-1", "x", "1.5"], "--batch-size": ["0"], "--grad-accum": ["0"], "--eval-every": ["0"],
-    "--eval-tokens": ["0", "10"], "--save-every": ["-1"], "--keep": ["0"], "--seq-len": ["1", "0"],
+    "--steps": ["0", "-1", "x", "1.5"],
+    "--batch-size": ["0"],
+    "--grad-accum": ["0"],
+    "--eval-every": ["0"],
+    "--eval-tokens": ["0", "10"],
+    "--save-every": ["-1"],
+    "--keep": ["0"],
+    "--seq-len": ["1", "0"],
     "--seed": ["-1", "x"],
-    "--matrix-lr": ["nan", "inf", "-1"], "--adamw-lr": ["nan", "inf", "-0.1"], "--embedding-lr": ["-1"],
-    "--unembedding-lr": ["inf"], "--scalar-lr": ["nan"], "--weight-decay": ["nan", "-1"], "--warmup-steps": ["-1"],
-    "--warmdown-ratio": ["2", "nan"], "--final-lr-frac": ["nan", "2"], "--preset": ["", "d0", "dx", "huge"],
+    "--matrix-lr": ["nan", "inf", "-1"],
+    "--adamw-lr": ["nan", "inf", "-0.1"],
+    "--embedding-lr": ["-1"],
+    "--unembedding-lr": ["inf"],
+    "--scalar-lr": ["nan"],
+    "--weight-decay": ["nan", "-1"],
+    "--warmup-steps": ["-1"],
+    "--warmdown-ratio": ["2", "nan"],
+    "--final-lr-frac": ["nan", "2"],
+    "--preset": ["", "d0", "dx", "huge"],
     "--schedule": ["", "jacobi", "interleaved:0", "chunked:-1", "multirefine:x", "interleaved:99"],
-    "--dtype": ["float16"], "--attention": ["flash"], "--optimizer": ["sgd"],
+    "--dtype": ["float16"],
+    "--attention": ["flash"],
+    "--optimizer": ["sgd"],
     "--device": ["", "tpu", "cuda:99", "meta"],
     "--set": ["foo", "n_layer"],
 }
@@ -55,10 +70,16 @@ BAD_TRAIN_FLAGS = {
 def world(tmp_path_factory):
     """A trained run, a CORE bundle, data files and a file to put paths under, all watched."""
     root = tmp_path_factory.mktemp("world")
-    assert main(["train", "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--eval-tokens", "128",
-                 "--out", str(root / "run"), "--no-final-decode"]) == 0
-    write_core_bundle(root / "bundle", {"mc": ("multiple_choice", 0, MC_ITEMS), "schema": ("schema", 0, SCHEMA_ITEMS),
-                                        "lm": ("language_modeling", 0, LM_ITEMS)}, baselines={"mc": 25.0})
+    assert main(tiny_train_args(root / "run")) == 0
+    write_core_bundle(
+        root / "bundle",
+        {
+            "mc": ("multiple_choice", 0, MC_ITEMS),
+            "schema": ("schema", 0, SCHEMA_ITEMS),
+            "lm": ("language_modeling", 0, LM_ITEMS),
+        },
+        baselines={"mc": 25.0},
+    )
     (root / "empty.txt").write_text("")
     (root / "binary.txt").write_bytes(b"\xff\xfe\x00" * 10)
     (root / "text.txt").write_text("Some text to score. " * 200)
@@ -71,8 +92,9 @@ def world(tmp_path_factory):
 
 
 def broken_bundle(root, name, edit):
-    folder = write_core_bundle(root / name, {"mc": ("multiple_choice", 0, MC_ITEMS), "lm": ("language_modeling", 0,
-                                                                                            LM_ITEMS)})
+    folder = write_core_bundle(
+        root / name, {"mc": ("multiple_choice", 0, MC_ITEMS), "lm": ("language_modeling", 0, LM_ITEMS)}
+    )
     edit(folder)
     return folder
 
@@ -91,12 +113,13 @@ BUNDLE_BREAKS = {
     "no choices": lambda b: set_line(b / "eval_data/sub/mc.jsonl", 0, {**MC_ITEMS[0], "choices": []}),
     "choice not text": lambda b: set_line(b / "eval_data/sub/mc.jsonl", 0, {**MC_ITEMS[0], "choices": [1, 2]}),
     "item not an object": lambda b: set_line(b / "eval_data/sub/lm.jsonl", 0, [1, 2]),
-    "random baseline 100": lambda b: (b / "eval_meta_data.csv").write_text(
-        "Eval Task,Random baseline\nmc,100\nlm,0\n"),
+    "random baseline 100": lambda b: (b / "eval_meta_data.csv").write_text("Eval Task,Random baseline\nmc,100\nlm,0\n"),
     "random baseline not a number": lambda b: (b / "eval_meta_data.csv").write_text(
-        "Eval Task,Random baseline\nmc,x\nlm,0\n"),
+        "Eval Task,Random baseline\nmc,x\nlm,0\n"
+    ),
     "negative fewshot": lambda b: (b / "core.yaml").write_text(
-        (b / "core.yaml").read_text().replace("num_fewshot: [0]", "num_fewshot: [-1]", 1)),
+        (b / "core.yaml").read_text().replace("num_fewshot: [0]", "num_fewshot: [-1]", 1)
+    ),
 }
 
 
@@ -111,13 +134,21 @@ def cases(root):
     for flag, values in BAD_TRAIN_FLAGS.items():
         for v in values:
             table[f"train {flag} {v!r}"] = train + [flag, v]
-    for name, path in {"missing": root / "nope", "empty": root / "empty.txt", "binary": root / "binary.txt",
-                       "folder without text": root / "nodir"}.items():
+    for name, path in {
+        "missing": root / "nope",
+        "empty": root / "empty.txt",
+        "binary": root / "binary.txt",
+        "folder without text": root / "nodir",
+    }.items():
         table[f"train --data {name}"] = train + ["--data", str(path)]
         table[f"eval bpb --data {name}"] = ["eval", "bpb", run, "--data", str(path)]
     table["train --val-data missing"] = train + ["--val-data", str(root / "nope")]
-    for name, path in {"missing": root / "nope.json", "folder": root / "nodir",
-                       "not a tokenizer": root / "not_a_tokenizer.json", "binary": root / "binary.txt"}.items():
+    for name, path in {
+        "missing": root / "nope.json",
+        "folder": root / "nodir",
+        "not a tokenizer": root / "not_a_tokenizer.json",
+        "binary": root / "binary.txt",
+    }.items():
         table[f"train --tokenizer {name}"] = train + ["--tokenizer", str(path)]
     table["train --out is a file"] = train[:-1] + [str(root / "a_file")]
     table["train --out under a file"] = train[:-1] + [str(root / "a_file/run")]
@@ -127,49 +158,80 @@ def cases(root):
     table["train --resume into another run"] = ["train", "--resume", run, "--out", str(root / "stale")]
     table["train into a dead run's folder"] = train[:-1] + [str(root / "stale")]
     bpb = ["eval", "bpb", run]
-    for flag, values in {"--tokens": ["0", "-5", "10", "x"], "--seq-len": ["0", "1", "-1"], "--batch-size": ["0", "-1"],
-                         "--bucket": ["0", "-1"], "--device": ["tpu", "cuda", ""],
-                         "--memory": ["", "bogus", "parallel:x", "exact,exact", "fixed-point:nan", "fixed-point:-1",
-                                      "exact:3"],
-                         "--json": [str(root / "nodir"), str(root / "a_file/x.json")]}.items():
+    for flag, values in {
+        "--tokens": ["0", "-5", "10", "x"],
+        "--seq-len": ["0", "1", "-1"],
+        "--batch-size": ["0", "-1"],
+        "--bucket": ["0", "-1"],
+        "--device": ["tpu", "cuda", ""],
+        "--memory": ["", "bogus", "parallel:x", "exact,exact", "fixed-point:nan", "fixed-point:-1", "exact:3"],
+        "--json": [str(root / "nodir"), str(root / "a_file/x.json")],
+    }.items():
         for v in values:
             table[f"eval bpb {flag} {v!r}"] = bpb + [flag, v]
     for name, path in {"missing": root / "nope", "a file": root / "a_file", "no checkpoint": root / "nodir"}.items():
         table[f"eval bpb checkpoint {name}"] = ["eval", "bpb", str(path)]
         table[f"generate checkpoint {name}"] = ["generate", str(path), "--prompt", "a"]
     core = ["eval", "core", run, "--bundle", bundle]
-    for flag, values in {"--max-per-task": ["0", "-1"], "--memory": ["recurrent", "parallel:"],
-                         "--json": [str(root / "nodir")],
-                         "--bundle": [str(root / "nope"), str(root / "a_file")]}.items():
+    for flag, values in {
+        "--max-per-task": ["0", "-1"],
+        "--memory": ["recurrent", "parallel:"],
+        "--json": [str(root / "nodir")],
+        "--bundle": [str(root / "nope"), str(root / "a_file")],
+    }.items():
         for v in values:
             table[f"eval core {flag} {v!r}"] = core + [flag, v]
     for name, edit in BUNDLE_BREAKS.items():
         table[f"eval core bundle: {name}"] = ("bundle", name, edit)
     gen = ["generate", run, "--prompt", "To be"]
-    for flag, values in {"--max-tokens": ["0", "-1"], "--temperature": ["nan", "inf", "-1"], "--top-k": ["0", "-1"],
-                         "--top-p": ["0", "nan", "1.5"], "--seed": ["-1"], "--memory": ["decode", "parallel:x"],
-                         "--prompt-file": [str(root / "nope"), str(root / "nodir")], "--device": ["mps"],
-                         "--json": [str(root / "a_file/x.json")]}.items():
+    for flag, values in {
+        "--max-tokens": ["0", "-1"],
+        "--temperature": ["nan", "inf", "-1"],
+        "--top-k": ["0", "-1"],
+        "--top-p": ["0", "nan", "1.5"],
+        "--seed": ["-1"],
+        "--memory": ["decode", "parallel:x"],
+        "--prompt-file": [str(root / "nope"), str(root / "nodir")],
+        "--device": ["mps"],
+        "--json": [str(root / "a_file/x.json")],
+    }.items():
         for v in values:
             table[f"generate {flag} {v!r}"] = gen + [flag, v]
     table["generate empty prompt"] = ["generate", run, "--prompt", ""]
     table["generate no prompt"] = ["generate", run]
     table["generate long prompt"] = ["generate", run, "--prompt", "x" * 100]
     bench = ["bench", "train", "--seq-len", "8", "--batch-size", "1", "--repeats", "1"]
-    for flag, values in {"--config": ["x", ""], "--schedules": ["", "interleaved:2", "x,baseline"], "--repeats": ["0"],
-                         "--warmup": ["-1"], "--batch-size": ["0"], "--seq-len": ["0", "1"], "--device": ["tpu"],
-                         "--peak-tflops": ["0", "nan", "-1"], "--dtype": ["int8"], "--attention": ["x"],
-                         "--json": [str(root / "nodir")]}.items():
+    for flag, values in {
+        "--config": ["x", ""],
+        "--schedules": ["", "interleaved:2", "x,baseline"],
+        "--repeats": ["0"],
+        "--warmup": ["-1"],
+        "--batch-size": ["0"],
+        "--seq-len": ["0", "1"],
+        "--device": ["tpu"],
+        "--peak-tflops": ["0", "nan", "-1"],
+        "--dtype": ["int8"],
+        "--attention": ["x"],
+        "--json": [str(root / "nodir")],
+    }.items():
         for v in values:
             table[f"bench train {flag} {v!r}"] = bench + [flag, v]
-    for flag, values in {"--config": ["x"], "--batch": ["", "a", "0", "1,-1"], "--tokens": ["0"],
-                         "--prompt-len": ["0"], "--repeats": ["0"]}.items():
+    for flag, values in {
+        "--config": ["x"],
+        "--batch": ["", "a", "0", "1,-1"],
+        "--tokens": ["0"],
+        "--prompt-len": ["0"],
+        "--repeats": ["0"],
+    }.items():
         for v in values:
             table[f"bench decode {flag} {v!r}"] = ["bench", "decode", "--config", "tiny", flag, v]
     tok = ["tokenizer", "train", "--data", str(root / "text.txt")]
-    for flag, values in {"--vocab-size": ["0", "100", "x"], "--max-chars": ["0", "-1"],
-                         "--out": [str(root / "nodir"), str(root / "a_file/tok.json")],
-                         "--data": [str(root / "nope")]}.items():
+    for flag, values in {
+        "--vocab-size": ["0", "100", "x"],
+        "--max-chars": ["0", "-1"],
+        "--out": [str(root / "nodir"), str(root / "a_file/tok.json")],
+        "--data": [str(root / "nope")],
+    }.items():
         for v in values:
             table[f"tokenizer train {flag} {v!r}"] = tok + [flag, v]
     table["download shards --num 0"] = ["download", "shards", "--num", "0", "--out", str(root / "shards")]
@@ -188,8 +250,11 @@ CASES = sorted(cases(__import__("pathlib").Path("/placeholder")))
 
 
 def digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("name", CASES)

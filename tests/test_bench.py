@@ -5,21 +5,42 @@ import json
 import pytest
 
 from lrt import VARIANTS, LRTConfig, parameter_counts
-from lrt.bench import (
+from lrt.cli import main
+from lrt.experiments.bench import (
     bench_config,
     bench_decode,
     bench_train,
     format_decode,
     format_train,
 )
-from lrt.cli import main
 from lrt.flops import decode_floor, matrix_params_per_token
 
 
 def test_bench_train_report(tmp_path, capsys):
     path = tmp_path / "train.json"
-    assert main(["bench", "train", "--config", "small", "--seq-len", "16", "--batch-size", "1", "--repeats", "2",
-                 "--warmup", "0", "--schedules", "baseline,interleaved,chunked:64", "--json", str(path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "train",
+                "--config",
+                "small",
+                "--seq-len",
+                "16",
+                "--batch-size",
+                "1",
+                "--repeats",
+                "2",
+                "--warmup",
+                "0",
+                "--schedules",
+                "baseline,interleaved,chunked:64",
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
     report = json.loads(path.read_text())
     results = report["results"]
     assert list(results) == ["baseline", "interleaved:2", "chunked:64"]  # canonical spec strings
@@ -47,8 +68,9 @@ def test_bench_decode_report():
 
 
 def test_bench_decode_times_the_chosen_variants_and_refuses_unknown_ones(capsys):
-    report = bench_decode("small", batches=(1,), tokens=2, prompt_len=4, repeats=1, variants=("LRT-shared",),
-                          progress=None)
+    report = bench_decode(
+        "small", batches=(1,), tokens=2, prompt_len=4, repeats=1, variants=("LRT-shared",), progress=None
+    )
     assert list(report["per_token"]["1"]) == ["baseline", "LRT-shared"]  # the baseline always, first
     assert report["prefill_model"] == "LRT-shared"
     assert main(["bench", "decode", "--config", "small", "--variants", "baseline,LRT-sharde"]) == 2
@@ -58,19 +80,24 @@ def test_bench_decode_times_the_chosen_variants_and_refuses_unknown_ones(capsys)
 def test_decode_floor_is_the_pathways_share_of_the_arithmetic():
     """At batch 1 a step reads every matrix once: the floor is the pathway's share of the matrix
     parameters (plus a little cache and embedding traffic, equal in both)."""
-    base, shared = (LRTConfig(**{**bench_config("d12")[0].to_dict(), **VARIANTS[v]}) for v in ("baseline", "LRT-shared"))
+    base, shared = (
+        LRTConfig(**{**bench_config("d12")[0].to_dict(), **VARIANTS[v]}) for v in ("baseline", "LRT-shared")
+    )
     floor = decode_floor(base, shared, batch=1, context=1, element_bytes=4)
     pathway = parameter_counts(shared).pathway
     assert floor["flops"] == pytest.approx(pathway / matrix_params_per_token(base), rel=0.01)
     assert floor["bytes"] == pytest.approx(floor["flops"], rel=0.01) and 0.009 < floor["bytes"] < 0.012
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(config="huge"), "preset must be one of"),
-    (dict(schedules=["interleaved:2"]), "must include baseline"),
-    (dict(schedules=["baseline", "interleaved S=9"]), "schedule must be one of"),
-    (dict(schedules=["baseline", "interleaved:two"]), "subsets must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(config="huge"), "preset must be one of"),
+        (dict(schedules=["interleaved:2"]), "must include baseline"),
+        (dict(schedules=["baseline", "interleaved S=9"]), "schedule must be one of"),
+        (dict(schedules=["baseline", "interleaved:two"]), "subsets must be an integer"),
+    ],
+)
 def test_bench_train_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bench_train(**kwargs, progress=None)

@@ -4,14 +4,15 @@ import pytest
 import torch
 
 import lrt
-from lrt import checkpoint
-from lrt.tokenizer import ByteTokenizer
 from helpers import random_model, tiny_config
+from lrt.data.tokenizer import ByteTokenizer
+from lrt.train import checkpoint
 
 
 def _save(run, step, model, state=None, keep=3):
-    return checkpoint.save_checkpoint(run, step, model, tokenizer=ByteTokenizer(), meta={"note": step},
-                                      state=state or {}, keep=keep)
+    return checkpoint.save_checkpoint(
+        run, step, model, tokenizer=ByteTokenizer(), meta={"note": step}, state=state or {}, keep=keep
+    )
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -56,6 +57,19 @@ def test_keeps_the_last_n_and_resolves_the_newest(tmp_path):
     assert checkpoint.resolve(tmp_path).name == "step_000004"
 
 
+def test_steps_sort_as_numbers_and_kept_steps_are_never_pruned(tmp_path):
+    """Past step 999,999 the names grow a digit: the newest is still the largest step. Steps a
+    run keeps (a study's branch points) survive pruning and do not count against keep."""
+    model = lrt.LRT(tiny_config())
+    for step in (5, 999_999, 1_000_000, 1_000_001):
+        checkpoint.save_checkpoint(
+            tmp_path, step, model, tokenizer=ByteTokenizer(), meta={}, state={}, keep=2, kept=frozenset({5})
+        )
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_000005", "step_1000000", "step_1000001"]
+    assert checkpoint.resolve(tmp_path).name == "step_1000001"
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # pruned folders are gone, not left renamed
+
+
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     model = random_model(tiny_config())
     _save(tmp_path, 1, model)
@@ -87,12 +101,18 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     checkpoint.load_train_state(path, record)
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda p: p.joinpath("model.safetensors").write_bytes(p.joinpath("model.safetensors").read_bytes()[:1000]),
-     "corrupt or truncated"),
-    (lambda p: p.joinpath("checkpoint.json").write_text('{"format": "lrt-check'), "checkpoint.json unreadable"),
-    (lambda p: p.joinpath("checkpoint.json").write_text('{"format": "other"}'), "has format"),
-], ids=["truncated-weights", "truncated-json", "foreign-json"])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (
+            lambda p: p.joinpath("model.safetensors").write_bytes(p.joinpath("model.safetensors").read_bytes()[:1000]),
+            "corrupt or truncated",
+        ),
+        (lambda p: p.joinpath("checkpoint.json").write_text('{"format": "lrt-check'), "checkpoint.json unreadable"),
+        (lambda p: p.joinpath("checkpoint.json").write_text('{"format": "other"}'), "has format"),
+    ],
+    ids=["truncated-weights", "truncated-json", "foreign-json"],
+)
 def test_damaged_checkpoints_raise_clear_errors(tmp_path, damage, match):
     path = _save(tmp_path, 1, random_model(tiny_config()))
     damage(path)

@@ -2,32 +2,43 @@ import json
 
 import pytest
 
-from lrt import checkpoint
+from helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, tiny_train_args, write_core_bundle
 from lrt.cli import main
-from helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, write_core_bundle
+from lrt.train import checkpoint
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--eval-tokens", "128",
-                 "--out", str(out), "--no-final-decode"]) == 0
+    assert main(tiny_train_args(out, steps=2)) == 0
     return out
 
 
 @pytest.fixture
 def bundle(tmp_path):
-    return write_core_bundle(tmp_path / "bundle", {
-        "mc": ("multiple_choice", 1, MC_ITEMS), "schema": ("schema", 1, SCHEMA_ITEMS), "lm": ("language_modeling", 2, LM_ITEMS),
-    }, baselines={"mc": 25.0, "schema": 50.0})
+    return write_core_bundle(
+        tmp_path / "bundle",
+        {
+            "mc": ("multiple_choice", 1, MC_ITEMS),
+            "schema": ("schema", 1, SCHEMA_ITEMS),
+            "lm": ("language_modeling", 2, LM_ITEMS),
+        },
+        baselines={"mc": 25.0, "schema": 50.0},
+    )
 
 
 def test_eval_bpb(run, tmp_path, capsys):
     report = tmp_path / "bpb.json"
     assert main(["eval", "bpb", str(run), "--tokens", "256", "--bucket", "32", "--json", str(report)]) == 0
     out = capsys.readouterr().out
-    for text in ("pass 0 (zero memory, all positions)", "merged", "exact memory, token by token",
-                 "zero memory (ablation)", "train/decode gap", "exact BPB by position: 0-31"):
+    for text in (
+        "pass 0 (zero memory, all positions)",
+        "merged",
+        "exact memory, token by token",
+        "zero memory (ablation)",
+        "train/decode gap",
+        "exact BPB by position: 0-31",
+    ):
         assert text in out
     numbers = json.loads(report.read_text())
     assert len(numbers["parallel_passes"]) == 3
@@ -39,19 +50,56 @@ def test_eval_bpb(run, tmp_path, capsys):
 def test_eval_bpb_on_other_text_with_chosen_memories(run, tmp_path, capsys):
     data = tmp_path / "other.txt"
     data.write_text("Some other text to score. " * 40)
-    assert main(["eval", "bpb", str(run), "--data", str(data), "--tokens", "128",
-                 "--memory", "parallel:multirefine:2,fixed-point:1e-3"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "bpb",
+                str(run),
+                "--data",
+                str(data),
+                "--tokens",
+                "128",
+                "--memory",
+                "parallel:multirefine:2,fixed-point:1e-3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "exact memory" not in out and "pass 2 (memory from the buffer, all positions)" in out
     assert "fixed-point memory" in out
 
 
-@pytest.mark.parametrize("memory, spec", [("zero", "zero"), ("parallel", "parallel:interleaved:2"),
-                                          ("parallel:chunked:4", "parallel:chunked:4"), ("exact", "exact")])
+@pytest.mark.parametrize(
+    "memory, spec",
+    [
+        ("zero", "zero"),
+        ("parallel", "parallel:interleaved:2"),
+        ("parallel:chunked:4", "parallel:chunked:4"),
+        ("exact", "exact"),
+    ],
+)
 def test_eval_core(run, bundle, tmp_path, capsys, memory, spec):
     report = tmp_path / "core.json"
-    assert main(["eval", "core", str(run), "--bundle", str(bundle), "--memory", memory, "--max-per-task", "2",
-                 "--json", str(report)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "core",
+                str(run),
+                "--bundle",
+                str(bundle),
+                "--memory",
+                memory,
+                "--max-per-task",
+                "2",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert "CORE = " in capsys.readouterr().out
     numbers = json.loads(report.read_text())
     assert numbers["memory"] == spec and [t["items"] for t in numbers["tasks"]] == [2, 2, 2]
@@ -59,14 +107,13 @@ def test_eval_core(run, bundle, tmp_path, capsys, memory, spec):
 
 def test_generate_streams_and_batches(run, tmp_path, capsys):
     report = tmp_path / "gen.json"
-    assert main(["generate", str(run), "--prompt", "To be", "--max-tokens", "5", "--temperature", "0",
-                 "--json", str(report)]) == 0
+    to_be = ["generate", str(run), "--prompt", "To be", "--json", str(report)]
+    assert main(to_be + "--max-tokens 5 --temperature 0".split()) == 0
     captured = capsys.readouterr()
     result = json.loads(report.read_text())["results"][0]
     assert captured.out == "To be" + result["completion"] + "\n"
     assert "prompt read with exact memory: 6 forward calls" in captured.err and result["tokens"] == 5
-    assert main(["generate", str(run), "--prompt", "To be", "--prompt", "Or not", "--max-tokens", "4",
-                 "--memory", "fixed-point", "--top-p", "0.9", "--json", str(report)]) == 0
+    assert main(to_be + ["--prompt", "Or not"] + "--max-tokens 4 --memory fixed-point --top-p 0.9".split()) == 0
     assert len(json.loads(report.read_text())["results"]) == 2
     assert "=== 'Or not'" in capsys.readouterr().out
 
@@ -74,8 +121,8 @@ def test_generate_streams_and_batches(run, tmp_path, capsys):
 def test_generate_with_the_compiled_step_writes_the_same_text(run, tmp_path, capsys):
     reports = [tmp_path / "eager.json", tmp_path / "compiled.json"]
     for flags, report in zip([[], ["--compile"]], reports):
-        assert main(["generate", str(run), "--prompt", "To be", "--prompt", "O", "--max-tokens", "12",
-                     "--temperature", "0", "--quiet", "--json", str(report), *flags]) == 0
+        prompts = ["generate", str(run), "--prompt", "To be", "--prompt", "O", "--json", str(report)]
+        assert main(prompts + "--max-tokens 12 --temperature 0 --quiet".split() + flags) == 0
     eager, compiled = (json.loads(r.read_text())["results"] for r in reports)
     assert eager == compiled
 
@@ -102,10 +149,14 @@ def test_bad_input(run, bundle, tmp_path, capsys):
         "long prompt": (["generate", str(run), "--prompt", "x" * 100], "longer than the model's window of 64"),
         "no tokenizer": (["eval", "bpb", str(no_tokenizer)], "names no tokenizer"),
         "missing checkpoint": (["generate", str(tmp_path / "nope"), "--prompt", "a"], "does not exist"),
-        "unknown memory": (["eval", "core", str(run), "--bundle", str(bundle), "--memory", "recurrent"],
-                           "memory must be one of"),
-        "bad memory schedule": (["generate", str(run), "--prompt", "a", "--memory", "parallel:interleaved:x"],
-                                "subsets must be an integer"),
+        "unknown memory": (
+            ["eval", "core", str(run), "--bundle", str(bundle), "--memory", "recurrent"],
+            "memory must be one of",
+        ),
+        "bad memory schedule": (
+            ["generate", str(run), "--prompt", "a", "--memory", "parallel:interleaved:x"],
+            "subsets must be an integer",
+        ),
         "bad bpb memory": (["eval", "bpb", str(run), "--memory", "exact,exact"], "each memory mode once"),
     }
     for name, (args, match) in cases.items():

@@ -1,9 +1,10 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lrt import checkpoint
+from helpers import tiny_train_args
 from lrt.cli import main
-from lrt.tokenizer import BPETokenizer
+from lrt.data.tokenizer import BPETokenizer
+from lrt.train import checkpoint
 
 
 def test_bpe_tokenizer_trains_and_travels_with_the_checkpoint(tmp_path, capsys):
@@ -13,11 +14,13 @@ def test_bpe_tokenizer_trains_and_travels_with_the_checkpoint(tmp_path, capsys):
     assert main(["tokenizer", "train", "--data", str(data), "--vocab-size", "300", "--out", str(tok_path)]) == 0
     assert "bytes/token" in capsys.readouterr().out
     out = tmp_path / "run"
-    assert main(["train", "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--eval-tokens", "128",
-                 "--data", str(data), "--tokenizer", str(tok_path), "--out", str(out), "--no-final-decode"]) == 0
+    assert main(tiny_train_args(out, steps=2, data=data, tokenizer=tok_path)) == 0
     model, tok, record = checkpoint.load_model(out)
-    assert isinstance(tok, BPETokenizer) and record["tokenizer"] == {"kind": "bpe", "file": "tokenizer.json",
-                                                                     "sha256": tok.sha256()}
+    assert isinstance(tok, BPETokenizer) and record["tokenizer"] == {
+        "kind": "bpe",
+        "file": "tokenizer.json",
+        "sha256": tok.sha256(),
+    }
     assert model.config.vocab_size == tok.vocab_size <= 300
 
 
@@ -48,5 +51,7 @@ def test_download_core_bundle_from_a_local_mirror(tmp_path, capsys):
     assert main(["download", "core-bundle", "--out", str(out), "--url", archive.as_uri()]) == 0
     assert (out / "core.yaml").exists() and (out / "eval_data/sub/lm.jsonl").exists()
     (tmp_path / "junk.zip").write_text("not a zip")
-    assert main(["download", "core-bundle", "--out", str(tmp_path / "b2"), "--url", (tmp_path / "junk.zip").as_uri()]) == 2
+    assert (
+        main(["download", "core-bundle", "--out", str(tmp_path / "b2"), "--url", (tmp_path / "junk.zip").as_uri()]) == 2
+    )
     assert "not a zip archive" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 
 from lrt.data import PackedLoader, bundled_corpus, bundled_works, open_source, train_val_sources, validation_rows
 from lrt.data.sources import VALIDATION_WORKS, TextSource, passages, pieces
-from lrt.tokenizer import ByteTokenizer
+from lrt.data.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
 
@@ -36,7 +36,7 @@ def test_sources_resume_in_the_middle_of_a_long_document(tmp_path, monkeypatch):
         walk = [(text, pos) for (text, pos), _ in zip(src.iterate(loop=False), range(100))]
         assert "".join(text for text, _ in walk) == "".join(docs) and max(len(t) for t, _ in walk) <= 16
         for k in range(len(walk) - 1):  # from any position, the rest of the walk
-            assert [t for t, _ in src.iterate(walk[k][1], loop=False)] == [t for t, _ in walk[k + 1:]]
+            assert [t for t, _ in src.iterate(walk[k][1], loop=False)] == [t for t, _ in walk[k + 1 :]]
 
 
 def test_bundled_corpus_splits_by_whole_works():
@@ -145,7 +145,7 @@ def test_a_new_world_size_restarts_at_the_earliest_position_and_skips_nothing():
     for rank in range(3):  # three new ranks
         after |= {text for (text, _), _ in zip(src.iterate(start, shard=(rank, 3)), range(8))}
     order = [src.documents[i] for i in src.order(0)]
-    next_unread = [d for d in order[start["index"]:start["index"] + 20] if d not in consumed]
+    next_unread = [d for d in order[start["index"] : start["index"] + 20] if d not in consumed]
     assert next_unread and set(next_unread) <= after  # nothing skipped; some documents come twice
 
 

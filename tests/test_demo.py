@@ -3,7 +3,7 @@ import json
 import pytest
 
 from lrt.cli import main
-from lrt.plots import read_metrics
+from lrt.train.curves import read_metrics
 
 
 def _check_demo(tmp_path, capsys, args):
@@ -14,12 +14,24 @@ def _check_demo(tmp_path, capsys, args):
     runs = report["runs"]
     # the baseline gets LRT's training FLOPs: about twice the steps, and within one baseline step of equal FLOPs
     assert 1.9 < runs["baseline"]["steps"] / runs["lrt"]["steps"] < 2.3
-    assert abs(runs["baseline"]["flops"] - runs["lrt"]["flops"]) <= runs["baseline"]["flops"] / runs["baseline"]["steps"]
+    assert (
+        abs(runs["baseline"]["flops"] - runs["lrt"]["flops"]) <= runs["baseline"]["flops"] / runs["baseline"]["steps"]
+    )
     base_curve = read_metrics(tmp_path / "demo/baseline/metrics.jsonl")
     at_equal_steps = [r for r in base_curve if r["step"] == runs["lrt"]["steps"] and r["kind"] == "eval"]
     assert at_equal_steps[0]["val_bpb"] == report["baseline_bpb_equal_steps"]
-    for label in ("parameters", "train steps", "tokens", "wall time", "training FLOPs", "val BPB, training schedule",
-                  "val BPB, exact decoding", "equal steps", "equal training FLOPs", "docs/study/report.md"):
+    for label in (
+        "parameters",
+        "train steps",
+        "tokens",
+        "wall time",
+        "training FLOPs",
+        "val BPB, training schedule",
+        "val BPB, exact decoding",
+        "equal steps",
+        "equal training FLOPs",
+        "docs/study/report.md",
+    ):
         assert label in out
     assert all(text.startswith("HAMLET.\nTo be, or not to be") for text in report["samples"].values())
     assert (tmp_path / "demo/curves.png").stat().st_size > 10_000

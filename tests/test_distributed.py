@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lrt import checkpoint
 from helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, write_core_bundle
+from lrt.train import checkpoint
 
 T = 32  # every document is exactly one row: [BOS] + T characters
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -32,8 +32,11 @@ def run(*args, nproc: int = 1) -> subprocess.CompletedProcess:
 
 
 def metrics(out, kinds=("train", "eval")):
-    return [(r["kind"], r["step"], r.get("loss", r.get("val_bpb"))) for r in
-            map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] in kinds]
+    return [
+        (r["kind"], r["step"], r.get("loss", r.get("val_bpb")))
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] in kinds
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +55,25 @@ def data(tmp_path_factory):
 
 
 def train_args(data, out, *extra):
-    return ["train", "--preset", "tiny", "--seq-len", str(T), "--eval-every", "2", "--eval-tokens", "256",
-            "--data", str(data / "train.parquet"), "--val-data", str(data / "val.parquet"), "--no-final-decode",
-            "--out", str(out), *extra]
+    return [
+        "train",
+        "--preset",
+        "tiny",
+        "--seq-len",
+        str(T),
+        "--eval-every",
+        "2",
+        "--eval-tokens",
+        "256",
+        "--data",
+        str(data / "train.parquet"),
+        "--val-data",
+        str(data / "val.parquet"),
+        "--no-final-decode",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def assert_close(a, b, tol=1e-5):
@@ -66,8 +85,7 @@ def assert_close(a, b, tol=1e-5):
 def test_ddp_on_two_ranks_trains_what_one_process_trains(data, tmp_path, schedule):
     one = run(*train_args(data, tmp_path / "one", "--steps", "4", "--batch-size", "4", "--schedule", schedule))
     assert one.returncode == 0, one.stderr
-    two = run(*train_args(data, tmp_path / "two", "--steps", "4", "--batch-size", "2", "--schedule", schedule),
-              nproc=2)
+    two = run(*train_args(data, tmp_path / "two", "--steps", "4", "--batch-size", "2", "--schedule", schedule), nproc=2)
     assert two.returncode == 0, two.stderr
     assert_close(metrics(tmp_path / "two"), metrics(tmp_path / "one"))
     assert "2 process(es), 128 tokens" in two.stderr  # tokens count the whole world's step
@@ -75,8 +93,7 @@ def test_ddp_on_two_ranks_trains_what_one_process_trains(data, tmp_path, schedul
 
 def test_fsdp2_on_two_ranks_trains_what_one_process_trains(data, tmp_path):
     one = run(*train_args(data, tmp_path / "one", "--steps", "4", "--batch-size", "4"))
-    two = run(*train_args(data, tmp_path / "fsdp", "--steps", "4", "--batch-size", "2", "--parallel", "fsdp"),
-              nproc=2)
+    two = run(*train_args(data, tmp_path / "fsdp", "--steps", "4", "--batch-size", "2", "--parallel", "fsdp"), nproc=2)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     assert_close(metrics(tmp_path / "fsdp"), metrics(tmp_path / "one"))
     weights, _, _ = checkpoint.load_model(tmp_path / "fsdp")  # saved whole, in the single-file layout
@@ -88,8 +105,13 @@ def test_a_run_killed_under_torchrun_resumes_to_the_uninterrupted_losses(data, t
     reference = run(*train_args(data, tmp_path / "reference", *args), nproc=2)
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed"
-    process = subprocess.Popen(lrt(*train_args(data, out, *args), nproc=2), env=ENV, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        lrt(*train_args(data, out, *args), nproc=2),
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not checkpoint.step_dir(out, 3).exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -120,14 +142,28 @@ def trained(data, tmp_path_factory):
 
 
 def test_two_ranks_evaluate_what_one_process_evaluates(trained, tmp_path):
-    bundle = write_core_bundle(tmp_path / "bundle", {"mc": ("multiple_choice", 1, MC_ITEMS),
-                                                     "schema": ("schema", 0, SCHEMA_ITEMS),
-                                                     "lm": ("language_modeling", 1, LM_ITEMS)})
+    bundle = write_core_bundle(
+        tmp_path / "bundle",
+        {
+            "mc": ("multiple_choice", 1, MC_ITEMS),
+            "schema": ("schema", 0, SCHEMA_ITEMS),
+            "lm": ("language_modeling", 1, LM_ITEMS),
+        },
+    )
     for nproc in (1, 2):
-        bpb = run("eval", "bpb", str(trained), "--tokens", "320", "--json", str(tmp_path / f"bpb{nproc}.json"),
-                  nproc=nproc)
-        core = run("eval", "core", str(trained), "--bundle", str(bundle), "--json", str(tmp_path / f"core{nproc}.json"),
-                   nproc=nproc)
+        bpb = run(
+            "eval", "bpb", str(trained), "--tokens", "320", "--json", str(tmp_path / f"bpb{nproc}.json"), nproc=nproc
+        )
+        core = run(
+            "eval",
+            "core",
+            str(trained),
+            "--bundle",
+            str(bundle),
+            "--json",
+            str(tmp_path / f"core{nproc}.json"),
+            nproc=nproc,
+        )
         assert bpb.returncode == 0 and core.returncode == 0, bpb.stderr + core.stderr
     one, two = (json.loads((tmp_path / f"bpb{n}.json").read_text()) for n in (1, 2))
     for key in ("zero", "parallel", "exact"):
@@ -137,23 +173,31 @@ def test_two_ranks_evaluate_what_one_process_evaluates(trained, tmp_path):
     assert one["tasks"] == two["tasks"]
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--batch-size", "3", "--total-batch-size", str(8 * T)], r"not a multiple of world size 2 x batch size 3"),
-    (["--backend", "nccl"], "backend nccl needs GPUs"),
-    (["--device", "cuda"], "not available on this machine"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--batch-size", "3", "--total-batch-size", str(8 * T)], r"not a multiple of world size 2 x batch size 3"),
+        (["--backend", "nccl"], "backend nccl needs GPUs"),
+        (["--device", "cuda"], "not available on this machine"),
+    ],
+)
 def test_bad_launches_stop_every_rank_with_one_line(data, tmp_path, extra, match):
     result = run(*train_args(data, tmp_path / "run", "--steps", "1", *extra), nproc=2)
     assert result.returncode != 0
     ours = [line for line in result.stderr.splitlines() if line.startswith("lrt train:")]
     assert len(ours) == 1 and __import__("re").search(match, ours[0]), result.stderr
     assert "exitcode  : 2" in result.stderr  # torchrun's summary: each rank exited with 2
-    assert '/lrt/' not in "".join(line for line in result.stderr.splitlines() if 'File "' in line)  # no lrt traceback
+    assert "/lrt/" not in "".join(line for line in result.stderr.splitlines() if 'File "' in line)  # no lrt traceback
 
 
 def test_resuming_into_an_incompatible_world_size_is_one_line(data, tmp_path):
-    assert run(*train_args(data, tmp_path / "run", "--steps", "1", "--batch-size", "1", "--total-batch-size",
-                           str(2 * T)), nproc=2).returncode == 0
+    assert (
+        run(
+            *train_args(data, tmp_path / "run", "--steps", "1", "--batch-size", "1", "--total-batch-size", str(2 * T)),
+            nproc=2,
+        ).returncode
+        == 0
+    )
     result = run("train", "--resume", str(tmp_path / "run"), "--batch-size", "2", "--steps", "2", nproc=2)
     ours = [line for line in result.stderr.splitlines() if line.startswith("lrt train:")]
     assert result.returncode != 0 and len(ours) == 1 and "not a multiple of world size 2" in ours[0]

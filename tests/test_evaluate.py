@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 
 import lrt
+from helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, random_model, tiny_config, write_core_bundle
+from lrt.data.tokenizer import ByteTokenizer
+from lrt.decoding import decode
 from lrt.evaluate import evaluate_bpb
 from lrt.evaluate.core import Reader, evaluate_task, load_bundle, render, score_item
-from lrt.tokenizer import ByteTokenizer
-from helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, random_model, tiny_config, write_core_bundle
 
 TOK = ByteTokenizer()
 
@@ -37,7 +38,7 @@ def test_exact_bpb_equals_teacher_forced_decoding_bpb():
     x = rows[:, :-1]
     result = evaluate_bpb(model, rows, TOK.token_bytes(), memories=ALL_MEMORIES, batch_size=3, bucket=3)
     with torch.no_grad():
-        decoded = model.decode(x)
+        decoded = decode(model, x)
         zero = model(x)
     assert result.exact == pytest.approx(_bpb(decoded, rows), rel=1e-5)
     assert result.parallel == pytest.approx(result.exact, rel=1e-5)  # S = T is exact
@@ -75,7 +76,9 @@ def test_baseline_models_report_only_zero_memory_bpb():
 def test_each_memory_mode_is_scored_once():
     model = random_model(tiny_config(vocab_size=257))
     with pytest.raises(ValueError, match="scores each memory mode once"):
-        evaluate_bpb(model, _rows(), TOK.token_bytes(), memories=("exact", "parallel:interleaved:2", "parallel:baseline"))
+        evaluate_bpb(
+            model, _rows(), TOK.token_bytes(), memories=("exact", "parallel:interleaved:2", "parallel:baseline")
+        )
 
 
 # CORE ---------------------------------------------------------------------------------------------
@@ -100,11 +103,15 @@ def oracle(known_texts):
 
 
 def _bundle(tmp_path):
-    return write_core_bundle(tmp_path, {
-        "mc": ("multiple_choice", 0, MC_ITEMS),
-        "schema": ("schema", 0, SCHEMA_ITEMS),
-        "lm": ("language_modeling", 0, LM_ITEMS),
-    }, baselines={"mc": 25.0, "schema": 50.0, "lm": 0.0})
+    return write_core_bundle(
+        tmp_path,
+        {
+            "mc": ("multiple_choice", 0, MC_ITEMS),
+            "schema": ("schema", 0, SCHEMA_ITEMS),
+            "lm": ("language_modeling", 0, LM_ITEMS),
+        },
+        baselines={"mc": 25.0, "schema": 50.0, "lm": 0.0},
+    )
 
 
 def test_core_scoring_of_hand_built_items(tmp_path):
@@ -165,14 +172,26 @@ def test_core_parallel_with_an_exact_schedule_matches_exact(tmp_path):
     assert [t.accuracy for t in exact.tasks] == [t.accuracy for t in parallel.tasks]
 
 
-@pytest.mark.parametrize("breakage, error, match", [
-    (lambda root: (root / "core.yaml").unlink(), FileNotFoundError, "has no core.yaml"),
-    (lambda root: (root / "eval_data/sub/mc.jsonl").unlink(), FileNotFoundError, "mc.jsonl is missing"),
-    (lambda root: (root / "core.yaml").write_text((root / "core.yaml").read_text().replace("schema\n", "ranking\n")),
-     ValueError, "unknown icl_task_type 'ranking'"),
-    (lambda root: (root / "eval_meta_data.csv").write_text("Eval Task,Random baseline\nmc,25\n"), ValueError,
-     "no random baseline"),
-], ids=["no-yaml", "no-data", "unknown-type", "no-baseline"])
+@pytest.mark.parametrize(
+    "breakage, error, match",
+    [
+        (lambda root: (root / "core.yaml").unlink(), FileNotFoundError, "has no core.yaml"),
+        (lambda root: (root / "eval_data/sub/mc.jsonl").unlink(), FileNotFoundError, "mc.jsonl is missing"),
+        (
+            lambda root: (root / "core.yaml").write_text(
+                (root / "core.yaml").read_text().replace("schema\n", "ranking\n")
+            ),
+            ValueError,
+            "unknown icl_task_type 'ranking'",
+        ),
+        (
+            lambda root: (root / "eval_meta_data.csv").write_text("Eval Task,Random baseline\nmc,25\n"),
+            ValueError,
+            "no random baseline",
+        ),
+    ],
+    ids=["no-yaml", "no-data", "unknown-type", "no-baseline"],
+)
 def test_bad_bundles(tmp_path, breakage, error, match):
     root = _bundle(tmp_path)
     breakage(root)

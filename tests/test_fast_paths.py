@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
 import lrt
+from helpers import random_model, random_tokens, rel_err, tiny_config
 from lrt import attention
 from lrt.attention import PassContext, resolve_attention, span_block_mask
 from lrt.flops import memory_projection_params, training_flops_per_sequence
 from lrt.model import compile_model
 from lrt.runtime import keep_freed_memory
-from helpers import random_model, random_tokens, rel_err, tiny_config
 
 
 def dense_reference(q, k, v, positions, window):
@@ -37,8 +37,10 @@ def attend_span(span, keys, values, q, window, backend):
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 @pytest.mark.parametrize("window", [None, 5, 40])
-@pytest.mark.parametrize("span", [range(0, 300, 2), range(1, 300, 2), range(3, 300, 4), range(17, 300, 1),
-                                  range(0, 7, 1), range(120, 200, 1)])
+@pytest.mark.parametrize(
+    "span",
+    [range(0, 300, 2), range(1, 300, 2), range(3, 300, 4), range(17, 300, 1), range(0, 7, 1), range(120, 200, 1)],
+)
 def test_subset_attention_equals_one_dense_masked_call(backend, window, span):
     """Blocked SDPA (query blocks over key slices) and FlexAttention (block mask) on random inputs,
     strided and contiguous spans, with and without sliding windows, GQA, against float64."""
@@ -76,8 +78,16 @@ def test_spans_of_one_shape_share_one_compiled_flex_graph():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
-@pytest.mark.parametrize("schedule", [lrt.Interleaved(subsets=2), lrt.Interleaved(subsets=3), lrt.MultiRefine(passes=2),
-                                      lrt.Chunked(chunk=3), lrt.Sequential()])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        lrt.Interleaved(subsets=2),
+        lrt.Interleaved(subsets=3),
+        lrt.MultiRefine(passes=2),
+        lrt.Chunked(chunk=3),
+        lrt.Sequential(),
+    ],
+)
 def test_flex_backend_computes_the_model_of_the_sdpa_backend(schedule):
     config = tiny_config(sequence_len=12)
     model, idx = random_model(config), random_tokens(config)
@@ -217,7 +227,7 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less(schedu
     """Blocks are pure functions of their inputs (the key/value buffer is passed in and returned),
     so recomputing them in backward sees the buffer as it was: the gradients are bit for bit the
     same, and backward keeps only the blocks' inputs."""
-    from lrt.bench import activation_bytes
+    from lrt.experiments.bench import activation_bytes
 
     config = tiny_config(sequence_len=12)
     model, idx = random_model(config, torch.float64), random_tokens(config)

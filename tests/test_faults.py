@@ -7,16 +7,35 @@ import subprocess
 import sys
 import time
 
-from lrt import checkpoint
-from lrt.plots import read_metrics
+from lrt.train import checkpoint
+from lrt.train.curves import read_metrics
 
-RUN = ["--preset", "tiny", "--steps", "16", "--batch-size", "2", "--eval-tokens", "128", "--eval-every", "8",
-       "--save-every", "1", "--keep", "2", "--no-final-decode"]
+RUN = [
+    "--preset",
+    "tiny",
+    "--steps",
+    "16",
+    "--batch-size",
+    "2",
+    "--eval-tokens",
+    "128",
+    "--eval-every",
+    "8",
+    "--save-every",
+    "1",
+    "--keep",
+    "2",
+    "--no-final-decode",
+]
 
 
 def train(out, *extra, **popen):
-    return subprocess.Popen([sys.executable, "-m", "lrt", "train", *RUN, "--out", str(out), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lrt", "train", *RUN, "--out", str(out), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        **popen,
+    )
 
 
 def without_time(records):

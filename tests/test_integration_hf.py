@@ -8,10 +8,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from lrt.checkpoint import load_run  # noqa: E402
+from helpers import tiny_train_args  # noqa: E402
 from lrt.cli import main  # noqa: E402
-from lrt.decoding import prefill, select_rows  # noqa: E402
+from lrt.decoding import decode, generate, prefill, select_rows, step  # noqa: E402
 from lrt.integrations.hf import LRTCache  # noqa: E402
+from lrt.train.checkpoint import load_run  # noqa: E402
 
 PROMPTS = ["To be", "HAMLET. Or not to be", "O"]
 
@@ -19,8 +20,7 @@ PROMPTS = ["To be", "HAMLET. Or not to be", "O"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
-    assert main(["train", "--preset", "tiny", "--steps", "3", "--batch-size", "2", "--eval-tokens", "128",
-                 "--no-final-decode", "--out", str(root / "run")]) == 0
+    assert main(tiny_train_args(root / "run", steps=3)) == 0
     assert main(["export", "hf", str(root / "run"), str(root / "export")]) == 0
     return root
 
@@ -44,7 +44,7 @@ def test_forward_without_a_cache_is_exact_memory(exported):
     model, _, run = load(exported)
     idx = torch.tensor([[run.tokenizer.bos_id] + run.tokenizer.encode("To be, or not to be")])
     with torch.no_grad():
-        assert (model(idx).logits - run.model.decode(idx)).abs().max() < 1e-5
+        assert (model(idx).logits - decode(run.model, idx)).abs().max() < 1e-5
     parallel, _, _ = load(exported, memory="parallel:interleaved:2")  # the training schedule's passes instead
     with torch.no_grad():
         expected = run.model(idx, schedule=run.train_config.make_schedule()).logits
@@ -58,8 +58,8 @@ def test_greedy_generate_is_lrt_generate_batched_with_left_padding(exported):
     out = model.generate(**batch, max_new_tokens=8, do_sample=False)
     for row, text in enumerate(PROMPTS):
         prompt = [run.tokenizer.bos_id] + run.tokenizer.encode(text)
-        expected = run.model.generate([prompt], 8, temperature=0, memory="exact").tokens[0]
-        assert out[row, batch["input_ids"].size(1):].tolist()[: len(expected)] == expected
+        expected = generate(run.model, [prompt], 8, temperature=0, memory="exact").tokens[0]
+        assert out[row, batch["input_ids"].size(1) :].tolist()[: len(expected)] == expected
 
 
 def reference_beam_search(model, prompt: list[int], beams: int, steps: int) -> list[int]:
@@ -76,7 +76,7 @@ def reference_beam_search(model, prompt: list[int], beams: int, steps: int) -> l
         candidates = []
         for score, tokens, state in expanded[:beams]:
             state = select_rows(state, torch.tensor([0]))  # a copy for this beam
-            candidates.append((score, tokens, state, model.step(torch.tensor([tokens[-1]]), state)))
+            candidates.append((score, tokens, state, step(model, torch.tensor([tokens[-1]]), state)))
     return max(candidates, key=lambda c: c[0])[1]
 
 
@@ -84,9 +84,15 @@ def test_beam_search_moves_the_memory_with_the_beams(exported):
     model, tokenizer, run = load(exported)
     for text in PROMPTS[:2]:
         prompt = [run.tokenizer.bos_id] + run.tokenizer.encode(text)
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=6, num_beams=3, do_sample=False,
-                             eos_token_id=None, pad_token_id=run.tokenizer.bos_id)
-        assert out[0, len(prompt):].tolist() == reference_beam_search(run.model, prompt, beams=3, steps=6)
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=6,
+            num_beams=3,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=run.tokenizer.bos_id,
+        )
+        assert out[0, len(prompt) :].tolist() == reference_beam_search(run.model, prompt, beams=3, steps=6)
 
 
 def test_sampling_with_a_seed_is_reproducible(exported):
@@ -128,10 +134,11 @@ def test_export_refuses_a_folder_that_is_not_empty(exported, capsys):
 def test_a_bpe_run_exports_its_tokenizer(tmp_path):
     data = tmp_path / "corpus.txt"
     data.write_text("\n\n".join(f"Passage {i}: the quick brown fox jumps over the lazy dog. " * 8 for i in range(60)))
-    assert main(["tokenizer", "train", "--data", str(data), "--vocab-size", "300", "--out", str(tmp_path / "tok.json")]) == 0
-    assert main(["train", "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--eval-tokens", "128",
-                 "--no-final-decode", "--data", str(data), "--tokenizer", str(tmp_path / "tok.json"),
-                 "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(["tokenizer", "train", "--data", str(data), "--vocab-size", "300", "--out", str(tmp_path / "tok.json")])
+        == 0
+    )
+    assert main(tiny_train_args(tmp_path / "run", data=data, tokenizer=tmp_path / "tok.json")) == 0
     assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "export")]) == 0
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "export", trust_remote_code=True)
     run = load_run(tmp_path / "run", "cpu")

@@ -8,19 +8,19 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from helpers import write_lm_eval_task  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from lrt.checkpoint import load_run  # noqa: E402
+from helpers import tiny_train_args, write_lm_eval_task  # noqa: E402
 from lrt.cli import main  # noqa: E402
+from lrt.decoding import decode, generate  # noqa: E402
 from lrt.integrations.lm_eval import LRTLM, evaluate  # noqa: E402
+from lrt.train.checkpoint import load_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_eval")
-    assert main(["train", "--preset", "tiny", "--steps", "3", "--batch-size", "2", "--eval-tokens", "128",
-                 "--no-final-decode", "--out", str(root / "run")]) == 0
+    assert main(tiny_train_args(root / "run", steps=3)) == 0
     return root / "run"
 
 
@@ -34,7 +34,7 @@ def task_dir(tmp_path, monkeypatch):
 def exact_logprob(model, tokens: list[int], n: int) -> float:
     """log p(last n tokens | the rest), by lrt's token-by-token decoding."""
     idx = torch.tensor([tokens[:-1]])
-    logprobs = torch.log_softmax(model.decode(idx)[0].float(), -1)
+    logprobs = torch.log_softmax(decode(model, idx)[0].float(), -1)
     return sum(logprobs[t, tokens[t + 1]].item() for t in range(len(tokens) - 1 - n, len(tokens) - 1))
 
 
@@ -67,8 +67,9 @@ def test_generate_until_stops_at_the_given_strings(run):
     lm = LRTLM(str(run))
     trained = load_run(run, "cpu")
     prompt = "To be, or not"
-    free = trained.model.generate([[trained.tokenizer.bos_id] + trained.tokenizer.encode(prompt)], 30,
-                                  temperature=0).tokens[0]
+    free = generate(
+        trained.model, [[trained.tokenizer.bos_id] + trained.tokenizer.encode(prompt)], 30, temperature=0
+    ).tokens[0]
     text = trained.tokenizer.decode(free)
     stop = text[3]  # a character the greedy continuation writes
     (out,) = lm.generate_until([Instance("generate_until", {}, (prompt, {"until": [stop], "max_gen_toks": 30}), 0)])
@@ -79,9 +80,12 @@ def test_generate_until_batches_requests_and_keeps_their_order(run):
     """Requests of one length are generated together (batch_size at a time, each row on its own);
     greedy, every answer is what the request gets alone."""
     lm = LRTLM(str(run), batch_size=2)
-    requests = [Instance("generate_until", {}, (prompt, {"until": ["\n\n"], "max_gen_toks": n}), i)
-                for i, (prompt, n) in enumerate([("To be", 12), ("O Romeo, Romeo", 12), ("Now is the winter", 7),
-                                                  ("A horse", 12)])]
+    requests = [
+        Instance("generate_until", {}, (prompt, {"until": ["\n\n"], "max_gen_toks": n}), i)
+        for i, (prompt, n) in enumerate(
+            [("To be", 12), ("O Romeo, Romeo", 12), ("Now is the winter", 7), ("A horse", 12)]
+        )
+    ]
     together = lm.generate_until(requests)
     assert together == [lm.generate_until([r])[0] for r in requests]
     assert len(set(together)) > 1
@@ -96,8 +100,24 @@ def test_an_exported_folder_scores_like_its_run(run, tmp_path):
 
 def test_lrt_eval_harness_from_the_command_line(run, task_dir, tmp_path, capsys):
     report = tmp_path / "harness.json"
-    assert main(["eval", "harness", str(run), "--tasks", "lrt_local_mc", "--include-path", str(task_dir),
-                 "--memory", "parallel", "--json", str(report)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "harness",
+                str(run),
+                "--tasks",
+                "lrt_local_mc",
+                "--include-path",
+                str(task_dir),
+                "--memory",
+                "parallel",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert "lrt_local_mc" in capsys.readouterr().out
     assert "acc,none" in json.loads(report.read_text())["results"]["lrt_local_mc"]
 

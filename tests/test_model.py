@@ -3,8 +3,9 @@ import torch
 
 import lrt
 from helpers import pathway_variants, random_model, random_tokens, rel_err, tiny_config, variant_id
-from reference import reference_logits
 from lrt.attention import KVBuffer
+from lrt.decoding import decode
+from reference import reference_logits
 
 
 @pytest.mark.parametrize("variant", pathway_variants(), ids=variant_id)
@@ -13,7 +14,7 @@ def test_decoding_matches_the_naive_reference(variant):
     model = random_model(tiny_config(**variant), torch.float64)
     idx = random_tokens(model.config)
     ref = reference_logits(model, idx)
-    assert rel_err(model.decode(idx), ref) < 1e-12
+    assert rel_err(decode(model, idx), ref) < 1e-12
 
 
 @pytest.mark.parametrize("value_embeds", ["none", "alternating", "all"])
@@ -27,7 +28,7 @@ def test_zero_memory_forward_matches_the_naive_reference(value_embeds, residual_
 def test_target_layer_subset_matches_the_naive_reference():
     model = random_model(tiny_config(target_layers=(2,), projection="layerwise"), torch.float64)
     idx = random_tokens(model.config)
-    assert rel_err(model.decode(idx), reference_logits(model, idx)) < 1e-12
+    assert rel_err(decode(model, idx), reference_logits(model, idx)) < 1e-12
 
 
 @pytest.mark.parametrize("variant", pathway_variants(), ids=variant_id)
@@ -35,7 +36,7 @@ def test_zero_memory_forward_equals_stepping_with_memory_off(variant):
     """Identity 1, float32."""
     model = random_model(tiny_config(**variant))
     idx = random_tokens(model.config)
-    assert rel_err(model(idx), model.decode(idx, zero_memory=True)) <= 1e-5
+    assert rel_err(model(idx), decode(model, idx, zero_memory=True)) <= 1e-5
 
 
 @pytest.mark.parametrize("injection", ["kv+residual", "kv", "residual"])
@@ -111,13 +112,13 @@ def test_injection_none_is_the_plain_transformer():
     assert lrt.parameter_counts(model).pathway == 0
     assert not [n for n, _ in model.named_parameters() if "mem_" in n]
     idx = random_tokens(model.config)
-    assert rel_err(model.decode(idx), model(idx)) <= 1e-5
+    assert rel_err(decode(model, idx), model(idx)) <= 1e-5
 
 
 def test_memory_changes_the_function():
     model = random_model(tiny_config())
     idx = random_tokens(model.config)
-    assert rel_err(model.decode(idx), model(idx)) > 1e-2
+    assert rel_err(decode(model, idx), model(idx)) > 1e-2
 
 
 def test_paper_backbone_parameter_accounting():
@@ -143,7 +144,7 @@ def test_long_decoding_past_the_training_length():
     """RoPE is computed per position, so decoding may run past sequence_len."""
     model = random_model(tiny_config(), torch.float64)
     idx = random_tokens(model.config, length=13)
-    assert rel_err(model.decode(idx), reference_logits(model, idx)) < 1e-12
+    assert rel_err(decode(model, idx), reference_logits(model, idx)) < 1e-12
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,13 @@ import pytest
 
 import lrt
 from lrt.cli import build_parser, train_config_from_args
-from lrt.optim import OptimConfig
 from lrt.presets import get_preset
-from lrt.train_config import TrainConfig, flag_fields
+from lrt.train.config import TrainConfig, flag_fields
+from lrt.train.optim import OptimConfig
 
 
 def test_import_lrt_leaves_matplotlib_alone():
-    code = "import sys, lrt; import lrt.plots, lrt.train, lrt.cli; print('matplotlib' in sys.modules)"
+    code = "import sys, lrt; import lrt.train.curves, lrt.train.trainer, lrt.cli; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -26,8 +26,21 @@ def test_every_flagged_config_field_is_a_train_flag():
     flagged = [f.name for f, _ in flag_fields(TrainConfig)] + [f"optim.{f.name}" for f, _ in flag_fields(OptimConfig)]
     unflagged = {f.name for f in dataclasses.fields(TrainConfig)} - {n for n in flagged if "." not in n}
     assert unflagged == {"model", "optim"}  # --set KEY=VALUE, and the optimizer's own fields
-    args = build_parser().parse_args(["train", "--seq-len", "32", "--matrix-lr", "0.01", "--no-final-decode",
-                                      "--compile", "--schedule", "multirefine", "--warmdown-ratio", "0.5"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--seq-len",
+            "32",
+            "--matrix-lr",
+            "0.01",
+            "--no-final-decode",
+            "--compile",
+            "--schedule",
+            "multirefine",
+            "--warmdown-ratio",
+            "0.5",
+        ]
+    )
     cfg = train_config_from_args(args)
     assert (cfg.seq_len, cfg.optim.matrix_lr, cfg.final_decode, cfg.compile) == (32, 0.01, False, True)
     assert cfg.schedule == "multirefine:1" and cfg.optim.warmdown_ratio == 0.5
@@ -46,12 +59,15 @@ def test_training_configs_of_older_checkpoints_still_read():
     assert TrainConfig.from_dict({**old, "schedule": "chunked", "chunk": 16}).make_schedule() == lrt.Chunked(chunk=16)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(schedule="interleaved:x"), "subsets must be an integer"),
-    (dict(preset="d0"), "preset must be one of"),
-    (dict(dtype="float16"), "dtype must be one of"),
-    (dict(optim={"optimizer": "sgd"}), "optimizer must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(schedule="interleaved:x"), "subsets must be an integer"),
+        (dict(preset="d0"), "preset must be one of"),
+        (dict(dtype="float16"), "dtype must be one of"),
+        (dict(optim={"optimizer": "sgd"}), "optimizer must be one of"),
+    ],
+)
 def test_bad_train_configs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)

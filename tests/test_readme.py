@@ -7,19 +7,19 @@ import pathlib
 import re
 
 import pytest
-from helpers import write_lm_eval_task
 
+from helpers import tiny_train_args, write_lm_eval_task
 from lrt.cli import main
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 EXTRAS = {"transformers": "transformers", "lm_eval": "lm_eval"}
 
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
-    assert main(["train", "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--eval-tokens", "128",
-                 "--no-final-decode", "--out", str(root / "runs/demo/lrt")]) == 0
+    assert main(tiny_train_args(root / "runs/demo/lrt")) == 0
     if importlib.util.find_spec("transformers"):
         assert main(["export", "hf", str(root / "runs/demo/lrt"), str(root / "exports/demo-lrt")]) == 0
     write_lm_eval_task(root / "my_tasks", "my_task")

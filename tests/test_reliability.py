@@ -10,22 +10,25 @@ import pytest
 import torch
 
 import lrt
-from lrt import checkpoint
+from helpers import random_model, tiny_config, tiny_train_config
 from lrt.cli import main
 from lrt.data import PackedLoader, open_source
-from lrt.optim import OptimConfig
-from lrt.plots import read_metrics
-from lrt.tokenizer import ByteTokenizer
-from lrt.train import Trainer
-from lrt.train_config import TrainConfig
-from helpers import random_model, tiny_config
+from lrt.data.tokenizer import ByteTokenizer
+from lrt.train import checkpoint
+from lrt.train.config import TrainConfig
+from lrt.train.curves import read_metrics
+from lrt.train.optim import OptimConfig
+from lrt.train.trainer import Trainer
 
 TINY = ["--preset", "tiny", "--batch-size", "2", "--eval-tokens", "128", "--no-final-decode"]
 
 
 def digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_line_error(capsys, match, after_progress=False):
@@ -74,8 +77,9 @@ def test_a_fresh_run_refuses_a_folder_with_a_dead_runs_metrics(tmp_path, capsys)
 
 def test_a_diverging_run_stops_before_saving_non_finite_weights(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", *TINY, "--steps", "6", "--save-every", "1", "--keep", "10", "--adamw-lr", "1e30",
-                 "--out", str(out)])
+    code = main(
+        ["train", *TINY, "--steps", "6", "--save-every", "1", "--keep", "10", "--adamw-lr", "1e30", "--out", str(out)]
+    )
     assert code == 2
     one_line_error(capsys, r"non-finite .* step \d+; the last checkpoint is .*step_", after_progress=True)
     saved = checkpoint.list_checkpoints(out)
@@ -92,8 +96,9 @@ def test_non_finite_weights_are_never_written_nor_loaded(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         checkpoint.save_checkpoint(tmp_path, 1, model, tokenizer=ByteTokenizer(), meta={}, state={})
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
-    path = checkpoint.save_checkpoint(tmp_path, 1, random_model(tiny_config()), tokenizer=ByteTokenizer(), meta={},
-                                      state={})
+    path = checkpoint.save_checkpoint(
+        tmp_path, 1, random_model(tiny_config()), tokenizer=ByteTokenizer(), meta={}, state={}
+    )
     from safetensors.torch import load_file, save_file
 
     weights = load_file(path / "model.safetensors")
@@ -164,12 +169,12 @@ def test_a_tampered_tokenizer_copy_is_refused(tmp_path, corpus):
 
 
 def test_learning_rate_flags_given_on_resume_apply(tmp_path):
-    cfg = TrainConfig(out=str(tmp_path), preset="tiny", steps=1, batch_size=2, eval_tokens=128, final_decode=False,
-                      optim=OptimConfig(adamw_lr=4e-3, weight_decay=0.0))
+    cfg = tiny_train_config(tmp_path, optim=OptimConfig(adamw_lr=4e-3, weight_decay=0.0))
     Trainer(cfg).train(progress=False)
-    resumed = Trainer(TrainConfig(**{**cfg.to_dict(), "steps": 2, "optim": OptimConfig(adamw_lr=1e-3,
-                                                                                      weight_decay=0.1)}),
-                      resume=str(tmp_path))
+    resumed = Trainer(
+        TrainConfig(**{**cfg.to_dict(), "steps": 2, "optim": OptimConfig(adamw_lr=1e-3, weight_decay=0.1)}),
+        resume=str(tmp_path),
+    )
     group = resumed.optimizers[0].param_groups[0]
     assert group["initial_lr"] == 1e-3 and group["weight_decay"] == 0.1
     assert resumed.optimizers[0].state  # the moments were restored
@@ -180,9 +185,9 @@ def test_learning_rate_flags_given_on_resume_apply(tmp_path):
 
 def test_each_row_of_a_batch_stops_at_the_window_on_its_own():
     model = random_model(tiny_config(sequence_len=10))
-    result = model.generate([[1, 2], list(range(3, 12))], 20, temperature=0)
+    result = lrt.generate(model, [[1, 2], list(range(3, 12))], 20, temperature=0)
     assert [len(t) for t in result.tokens] == [8, 1] and result.stopped == ["window", "window"]
-    alone = model.generate([[1, 2]], 20, temperature=0)
+    alone = lrt.generate(model, [[1, 2]], 20, temperature=0)
     assert alone.tokens[0] == result.tokens[0]
 
 
@@ -205,8 +210,9 @@ def test_a_second_training_of_the_same_folder_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("reference", ["../tokenizer.json", "/etc/hostname", "sub/../../x.json"])
 def test_references_outside_the_checkpoint_are_refused(tmp_path, reference):
-    path = checkpoint.save_checkpoint(tmp_path, 1, random_model(tiny_config()), tokenizer=ByteTokenizer(), meta={},
-                                      state={})
+    path = checkpoint.save_checkpoint(
+        tmp_path, 1, random_model(tiny_config()), tokenizer=ByteTokenizer(), meta={}, state={}
+    )
     record = json.loads((path / "checkpoint.json").read_text())
     record["tokenizer"] = {"kind": "bpe", "file": reference, "sha256": "0" * 64}
     (path / "checkpoint.json").write_text(json.dumps(record))
@@ -272,8 +278,9 @@ def test_ctrl_c_finishes_the_step_saves_and_the_run_resumes_exactly(tmp_path, mo
     monkeypatch.setattr(Trainer, "train_step", interrupted_in_step_2)
     capsys.readouterr()
     assert main(["train", *TINY, "--out", str(tmp_path / "b"), "--steps", "4"]) == 130
-    one_line_error(capsys, r"interrupted: saved step 2 to .*step_000002; continue with lrt train --resume",
-                   after_progress=True)
+    one_line_error(
+        capsys, r"interrupted: saved step 2 to .*step_000002; continue with lrt train --resume", after_progress=True
+    )
     monkeypatch.setattr(Trainer, "train_step", original)
     assert main(["train", "--resume", str(tmp_path / "b")]) == 0
     strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 import lrt
 from helpers import pathway_variants, random_model, random_tokens, rel_err, tiny_config, variant_id
+from lrt.decoding import decode
 
 T = 8
 
@@ -15,7 +16,7 @@ def test_interleaved_with_S_equal_T_is_the_exact_recurrence(variant):
     idx = random_tokens(model.config)
     out = model(idx, idx, schedule=lrt.Interleaved(subsets=T))
     assert len(out.per_pass_losses) == T + 1
-    assert rel_err(out.logits, model.decode(idx)) <= 1e-5
+    assert rel_err(out.logits, decode(model, idx)) <= 1e-5
 
 
 @pytest.mark.parametrize("variant", pathway_variants()[::3], ids=variant_id)
@@ -25,7 +26,7 @@ def test_multirefine_with_T_minus_1_passes_is_the_exact_recurrence(variant):
     idx = random_tokens(model.config)
     out = model(idx, schedule=lrt.MultiRefine(passes=T - 1))
     assert out.loss is None and len(out.pass_logits) == T
-    assert rel_err(out.logits, model.decode(idx)) <= 1e-5
+    assert rel_err(out.logits, decode(model, idx)) <= 1e-5
 
 
 @pytest.mark.parametrize("K", [1, 2, 4])
@@ -33,7 +34,7 @@ def test_multirefine_makes_one_more_position_exact_per_pass(K):
     model = random_model(tiny_config(), torch.float64)
     idx = random_tokens(model.config)
     logits = model(idx, schedule=lrt.MultiRefine(passes=K)).logits
-    exact = model.decode(idx)
+    exact = decode(model, idx)
     assert rel_err(logits[:, : K + 1], exact[:, : K + 1]) < 1e-12
     assert rel_err(logits[:, K + 1 :], exact[:, K + 1 :]) > 1e-6
 
@@ -45,7 +46,7 @@ def test_position_zero_of_the_last_refinement_is_exact(S):
     idx = random_tokens(model.config)
     out = model(idx, schedule=lrt.Interleaved(subsets=S))
     assert len(out.pass_logits) == S + 1
-    assert rel_err(out.logits[:, 0], model.decode(idx)[:, 0]) < 1e-12
+    assert rel_err(out.logits[:, 0], decode(model, idx)[:, 0]) < 1e-12
 
 
 @pytest.mark.parametrize("variant", pathway_variants()[::2], ids=variant_id)
@@ -83,7 +84,7 @@ def test_sequential_loss_is_the_mean_token_loss_of_decoding():
     model = random_model(tiny_config(), torch.float64)
     idx, targets = random_tokens(model.config, seed=1), random_tokens(model.config, seed=2)
     out = model(idx, targets, schedule=lrt.Sequential())
-    decoded = model.decode(idx)
+    decoded = decode(model, idx)
     expected = F.cross_entropy(decoded.flatten(0, 1), targets.flatten())
     torch.testing.assert_close(out.loss, expected, rtol=0, atol=1e-12)
     assert len(out.per_pass_losses) == 1
@@ -92,7 +93,7 @@ def test_sequential_loss_is_the_mean_token_loss_of_decoding():
 def test_chunked_limits():
     model = random_model(tiny_config())
     idx = random_tokens(model.config)
-    assert rel_err(model(idx, schedule=lrt.Chunked(chunk=1)).logits, model.decode(idx)) <= 1e-5
+    assert rel_err(model(idx, schedule=lrt.Chunked(chunk=1)).logits, decode(model, idx)) <= 1e-5
     assert rel_err(model(idx, schedule=lrt.Chunked(chunk=T)).logits, model(idx)) <= 1e-5
 
 
@@ -119,7 +120,7 @@ def test_interleaved_handles_lengths_not_divisible_by_S():
     idx = random_tokens(model.config, length=7)
     out = model(idx, idx, schedule=lrt.Interleaved(subsets=3))
     assert out.logits.shape == (2, 7, model.config.vocab_size)
-    assert rel_err(model(idx, schedule=lrt.Interleaved(subsets=7)).logits, model.decode(idx)) < 1e-12
+    assert rel_err(model(idx, schedule=lrt.Interleaved(subsets=7)).logits, decode(model, idx)) < 1e-12
 
 
 def test_ignored_targets_do_not_count():
@@ -186,10 +187,16 @@ def test_schedule_checks_against_the_sequence():
         model(idx, idx, schedule=lrt.Interleaved(subsets=2, weights=(1, 1)))
 
 
-@pytest.mark.parametrize("schedule, spec", [
-    (lrt.Baseline(), "baseline"), (lrt.Interleaved(subsets=4), "interleaved:4"),
-    (lrt.MultiRefine(passes=3), "multirefine:3"), (lrt.Chunked(chunk=64), "chunked:64"), (lrt.Sequential(), "sequential"),
-])
+@pytest.mark.parametrize(
+    "schedule, spec",
+    [
+        (lrt.Baseline(), "baseline"),
+        (lrt.Interleaved(subsets=4), "interleaved:4"),
+        (lrt.MultiRefine(passes=3), "multirefine:3"),
+        (lrt.Chunked(chunk=64), "chunked:64"),
+        (lrt.Sequential(), "sequential"),
+    ],
+)
 def test_schedules_serialise_to_spec_strings_and_back(schedule, spec):
     assert schedule.spec == spec and lrt.parse_schedule(spec) == schedule
 
@@ -199,13 +206,16 @@ def test_a_spec_without_its_parameter_takes_the_default():
     assert lrt.parse_schedule(" chunked ").spec == "chunked:64"
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("jacobi", "schedule must be one of baseline, interleaved"),
-    ("interleaved:two", "subsets must be an integer, got 'two'"),
-    ("interleaved:0", "subsets must be an integer >= 1"),
-    ("baseline:2", "takes no parameter"),
-    ("chunked:8:8", "takes one parameter"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("jacobi", "schedule must be one of baseline, interleaved"),
+        ("interleaved:two", "subsets must be an integer, got 'two'"),
+        ("interleaved:0", "subsets must be an integer >= 1"),
+        ("baseline:2", "takes no parameter"),
+        ("chunked:8:8", "takes one parameter"),
+    ],
+)
 def test_bad_schedule_specs(spec, match):
     with pytest.raises(ValueError, match=match):
         lrt.parse_schedule(spec)
@@ -243,13 +253,13 @@ def test_memory_reset_at_bos_keeps_the_identities(variant):
 
     model = random_model(tiny_config(**variant, reset_memory_at_bos=True, bos_id=BOS), torch.float64)
     idx = rows_with_documents(model.config)
-    decoded = model.decode(idx)
+    decoded = decode(model, idx)
     assert rel_err(model(idx, schedule=lrt.Interleaved(subsets=T)).logits, decoded) < 1e-12
     assert rel_err(model(idx, schedule=lrt.MultiRefine(passes=T - 1)).logits, decoded) < 1e-12
     assert rel_err(model(idx, schedule=lrt.Chunked(chunk=1)).logits, decoded) < 1e-12
     assert rel_err(decoded, reference_logits(model, idx)) < 1e-12
     for b in range(idx.size(0)):
-        assert rel_err(decoded[b : b + 1], model.decode(idx[b : b + 1])) < 1e-12
+        assert rel_err(decoded[b : b + 1], decode(model, idx[b : b + 1])) < 1e-12
 
 
 def test_memory_reset_changes_only_what_follows_a_document_boundary():
@@ -258,7 +268,7 @@ def test_memory_reset_changes_only_what_follows_a_document_boundary():
     plain = random_model(tiny_config(bos_id=BOS), torch.float64)
     plain.load_state_dict(model.state_dict())
     idx = rows_with_documents(config)
-    with_reset, without = model.decode(idx), plain.decode(idx)
+    with_reset, without = decode(model, idx), decode(plain, idx)
     assert rel_err(with_reset[0, :3], without[0, :3]) == 0  # before the first inner <|bos|>: the same
     assert rel_err(with_reset[0, 3:], without[0, 3:]) > 1e-6  # from it on, memory no longer crosses
 

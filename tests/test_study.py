@@ -1,6 +1,8 @@
-"""`lrt study`: a spec becomes cells x seeds at matched training FLOPs; a killed study resumes
-without redoing work; the report's statistics and verdicts (issue 12)."""
+"""`lrt study run`: a spec becomes trunks and cooldown branches at matched training FLOPs; a branch
+is the run a separate warmdown training would be; one seed pairs the arms (same backbone at step
+0, same batches); a killed study resumes without redoing work (issue 21)."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,17 +13,24 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from lrt.cli import main
-from lrt.study import ci95, load_spec, status
-from lrt.study_report import Score, claims, collect, difference, gap_trend, write_report
-from helpers import LM_ITEMS, MC_ITEMS, write_core_bundle
+from lrt.data.sources import TextSource
+from lrt.experiments.study import choose_lr, done
+from lrt.experiments.study_spec import branch_point, load_spec
+from lrt.train import checkpoint
+from lrt.train.config import TrainConfig
+from lrt.train.optim import OptimConfig
+from lrt.train.trainer import Trainer
 
 TINY = """
 [study]
 name = "tiny"
 seeds = [0, 1]
 budgets = [1e9, 2e9]
+eval_tokens = 256
+eval_batch_size = 8
 
 [train]
 preset = "tiny"
@@ -31,58 +40,140 @@ eval_tokens = 256
 
 [train.optim]
 warmup_steps = 1
-warmdown_ratio = 0.0
 
 [reference]
 schedule = "interleaved:2"
-
-[ablations]
-{ablations}
+{extra}
 """
 
 
-def spec_file(tmp_path, ablations='injection = ["kv"]'):
+def spec_file(tmp_path, extra='[ablations]\ninjection = ["kv"]'):
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(ablations=ablations))
+    path.write_text(TINY.format(extra=extra))
     return path
 
 
-def test_a_spec_is_cells_at_matched_training_flops(tmp_path):
-    spec = load_spec(spec_file(tmp_path, 'schedule = ["chunked:8"]\nreset_memory_at_bos = [true]'), tmp_path / "out")
-    assert [c.name for c in spec.cells] == ["baseline", "lrt", "schedule=chunked:8", "reset_memory_at_bos=true"]
-    assert len(spec.runs) == 4 * 2
-    steps = {r.cell.name: r.budget_steps for r in spec.runs}
-    assert 1.9 < steps["baseline"][-1] / steps["lrt"][-1] < 2.2  # the baseline trains ~2x LRT's steps
-    assert steps["lrt"][-1] == 2 * steps["lrt"][0] or abs(steps["lrt"][-1] - 2 * steps["lrt"][0]) <= 1
-    baseline = next(r for r in spec.runs if r.cell.name == "baseline")
-    assert set(steps["lrt"]) <= set(baseline.config.exact_at)  # equal steps: the baseline is read at LRT's steps
-    reset = next(r for r in spec.runs if r.cell.name == "reset_memory_at_bos=true")
-    assert reset.config.model == {"reset_memory_at_bos": True} and reset.config.schedule == "interleaved:2"
+def test_a_spec_is_trunks_and_cooldown_branches(tmp_path):
+    spec = load_spec(spec_file(tmp_path), tmp_path / "out")
+    assert [c.name for c in spec.cells] == ["baseline", "lrt", "injection=kv"]
+    main_jobs = [j for j in spec.jobs if j.info["stage"] == "main"]
+    for cell in spec.cells:
+        steps = [b.steps(spec.arms[cell.name]) for b in spec.budgets]
+        if cell.name == "baseline":  # also branched at LRT's step counts: the equal-token pairing
+            steps += [b.steps(spec.arms["lrt"]) for b in spec.budgets]
+        for seed in spec.seeds:
+            jobs = [j for j in main_jobs if j.info["cell"] == cell.name and j.info["seed"] == seed]
+            trunk, branches = jobs[0], jobs[1:]
+            assert trunk.info["kind"] == "trunk" and trunk.config.optim.warmdown_ratio == 0
+            assert sorted(b.steps for b in branches) == sorted(set(steps))
+            assert trunk.config.save_at == sorted({branch_point(n, 0.2) for n in steps})
+            assert trunk.steps == max(trunk.config.save_at)
+            for b in branches:
+                assert b.config.optim.warmdown_ratio == 0.2 and b.config.seed == seed
+                assert b.fork == checkpoint.step_dir(trunk.path, branch_point(b.steps, 0.2))
+    lrt_steps = [b.steps(spec.arms["lrt"]) for b in spec.budgets]
+    base_steps = [b.steps(spec.arms["baseline"]) for b in spec.budgets]
+    assert all(1.9 < b / lt < 2.2 for b, lt in zip(base_steps, lrt_steps))  # equal FLOPs: ~2x LRT's steps
+    assert spec.jobs[0].info["seed"] == 0 and spec.jobs[-1].info["seed"] == 1  # seed by seed
 
 
-@pytest.mark.parametrize("text, match", [
-    ("[study]\nbudgets = [1e9]\nratios = [1]\n", "give study.budgets"),
-    ("[study]\nbudgets = []\n", "non-empty list of positive numbers"),
-    ("[study]\nbudgets = [1e9]\nseeds = [-1]\n", "seeds must be"),
-    ("[study]\nbudgets = [1e9]\n[ablations]\ninjection = [\"sideways\"]\n", "injection must be one of"),
-    ("[study]\nbudgets = [1e9]\n[ablation]\n", "unknown table"),
-    ("[study\n", "not valid TOML"),
-])
-def test_bad_specs_are_one_line(tmp_path, capsys, text, match):
-    (tmp_path / "bad.toml").write_text(text)
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ("[study]\nbudgets = [1e9]\nratios = [1]\n", "give study.budgets"),
+        ("[study]\nbudgets = []\n", "non-empty list of positive numbers"),
+        ("[study]\nbudgets = [1e9]\nseeds = [-1]\n", "seeds must be"),
+        ("[study]\nbudgets = [1e9]\nseed = [0, 1]\n", "unknown key(s) study.seed"),
+        ("[study]\nbudgets = [1e9]\ncooldown = 1.5\n", "cooldown"),
+        ('[study]\nbudgets = [1e9]\n[ablations]\ninjection = ["sideways"]\n', "injection must be one of"),
+        ("[study]\nbudgets = [1e9]\n[ablations]\nsteps = [3]\n", "the study sets it per run"),
+        ("[study]\nbudgets = [1e9]\n[train]\nbatchsize = 3\n", "unknown key(s) train.batchsize"),
+        ("[study]\nbudgets = [1e9]\n[train]\nseed = 3\n", "the study sets it per run"),
+        ("[study]\nbudgets = [1e9]\n[lr_check]\nadamw_lr = [1e-3]\nmatrix_lr = [1]\n", "one OptimConfig field"),
+        ("[study]\nbudgets = [1e9]\n[control]\nratios = [1]\n", "[control]"),
+        ('[study]\nbudgets = [1e9]\n[referee]\nsteps = 3\nschedules = ["sequential"]\n', "at least two"),
+        ("[study]\nbudgets = [1e9]\n[ablation]\n", "unknown table"),
+        ("[study\n", "not valid TOML"),
+    ],
+)
+def test_bad_specs_are_one_line(tmp_path, capsys, extra, match):
+    (tmp_path / "bad.toml").write_text(extra)
     assert main(["study", "run", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("spec", ["studies/cpu.toml", "studies/paper_d20.toml"])
 def test_the_shipped_studies_validate(spec, capsys):
     root = Path(__file__).resolve().parents[1]
     assert main(["study", "run", str(root / spec), "--out", "/nonexistent/out", "--dry-run"]) == 0
-    assert "total training FLOPs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "total training FLOPs" in err and "R scaling" in err and "epochs" in err
 
 
-def lrt_study(*args, **popen):
+def tiny_config(out, **fields) -> TrainConfig:
+    optim = OptimConfig(optimizer="adamw", warmup_steps=1, warmdown_ratio=fields.pop("warmdown", 0.2))
+    base = dict(preset="tiny", seq_len=16, batch_size=2, eval_tokens=64, eval_every=100, final_decode=False)
+    return TrainConfig(out=str(out), optim=optim, **{**base, **fields})
+
+
+def weights(path):
+    return checkpoint.load_weights(checkpoint.resolve(path))
+
+
+def test_a_cooldown_branch_is_the_separate_warmdown_run(tmp_path):
+    """Trunk at constant rate saved at the branch point, then the branch decaying over the last
+    20%: weight for weight the run trained with warmdown_ratio 0.2 from the start."""
+    steps = 10
+    start = branch_point(steps, 0.2)
+    trunk = tiny_config(tmp_path / "trunk", steps=9, warmdown=0.0, save_at=[start], keep=1)
+    Trainer(trunk).train(progress=False)
+    assert checkpoint.step_dir(tmp_path / "trunk", start).is_dir()  # kept whatever --keep says
+    Trainer(tiny_config(tmp_path / "branch", steps=steps), resume=str(checkpoint.step_dir(trunk.out, start))).train(
+        progress=False
+    )
+    Trainer(tiny_config(tmp_path / "separate", steps=steps)).train(progress=False)
+    branch, separate = weights(tmp_path / "branch"), weights(tmp_path / "separate")
+    assert branch.keys() == separate.keys()
+    assert all(torch.equal(branch[k], separate[k]) for k in branch)
+    # and the decay mattered: the trunk's own continuation at constant rate differs
+    trunk_end = weights(tmp_path / "trunk")
+    assert not all(torch.equal(trunk_end[k], separate[k]) for k in separate)
+
+
+def test_one_seed_pairs_the_arms(tmp_path):
+    """At one seed the baseline and LRT start from the same backbone and read the same batches;
+    another seed changes both."""
+
+    def built(schedule, seed):
+        trainer = Trainer(tiny_config(tmp_path / f"{schedule}{seed}", steps=1, schedule=schedule, seed=seed))
+        batches = [trainer.loader.next_batch()[0] for _ in range(3)]
+        state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer.close()
+        return state, batches
+
+    base0, base_batches0 = built("baseline", 0)
+    lrt0, lrt_batches0 = built("interleaved:2", 0)
+    lrt1, lrt_batches1 = built("interleaved:2", 1)
+    assert all(torch.equal(base0[k], lrt0[k]) for k in base0)  # the backbone
+    assert set(lrt0) - set(base0) and any(not torch.equal(lrt0[k], lrt1[k]) for k in set(lrt0) - set(base0))
+    assert all(torch.equal(a, b) for a, b in zip(base_batches0, lrt_batches0))
+    assert not all(torch.equal(a, b) for a, b in zip(lrt_batches0, lrt_batches1))
+
+
+def test_seed_zero_keeps_the_original_document_order():
+    import random
+
+    source = TextSource([f"doc {i}" for i in range(50)], "docs")
+    for epoch in range(3):
+        order = list(range(50))
+        random.Random(epoch).shuffle(order)
+        assert source.order(epoch) == source.order(epoch, seed=0) == order
+    assert source.order(0, seed=1) != source.order(0) and source.order(0, seed=1) != source.order(1)
+
+
+def lrt_study(*args):
     return [sys.executable, "-m", "lrt", "study", *args]
 
 
@@ -90,95 +181,51 @@ def digest(folder):
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_killed_study_resumes_without_redoing_finished_runs_and_reports(tmp_path):
-    spec, out = spec_file(tmp_path), tmp_path / "study"
-    process = subprocess.Popen(lrt_study("run", str(spec), "--out", str(out)), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    runs = load_spec(spec, out).runs
+STAGES = """
+[lr_check]
+adamw_lr = [0.002, 0.004]
+seeds = [0]
+
+[referee]
+steps = 3
+seq_len = 8
+seeds = [0]
+"""
+
+
+def test_a_killed_study_resumes_without_redoing_finished_work(tmp_path):
+    spec_path, out = spec_file(tmp_path, STAGES), tmp_path / "study"
+    process = subprocess.Popen(
+        lrt_study("run", str(spec_path), "--out", str(out)),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    jobs = load_spec(spec_path, out).jobs
     deadline = time.time() + 240
-    while sum(status(r) == "finished" for r in runs) < 2 and time.time() < deadline:
+    while sum(map(done, jobs)) < 3 and time.time() < deadline:
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    finished = [r for r in runs if status(r) == "finished"]
-    assert finished and len(finished) < len(runs)
-    before = {r.config.out: digest(Path(r.config.out) / "checkpoints") for r in finished}
-    assert subprocess.run(lrt_study("run", str(spec), "--out", str(out), "--jobs", "2"), capture_output=True,
-                          text=True).returncode == 0
-    assert all(status(r) == "finished" for r in runs)
-    for r in finished:  # not trained again
-        assert digest(Path(r.config.out) / "checkpoints") == before[r.config.out]
-    assert main(["study", "report", str(out)]) == 0
-    text = (out / "report.md").read_text()
-    assert "LRT-shared Interleaved S=2 beats the baseline at equal training FLOPs" in text
-    assert (out / "bpb_vs_compute.png").stat().st_size > 10_000 and (out / "ablations.png").exists()
-    # CORE with exact memory of every run, cached per bundle: another bundle is scored again
-    for name, tasks in (("mc", {"mc": ("multiple_choice", 0, MC_ITEMS)}), ("lm", {"lm": ("language_modeling", 0, LM_ITEMS)})):
-        bundle = write_core_bundle(tmp_path / name, tasks)
-        assert main(["study", "report", str(out), "--bundle", str(bundle)]) == 0
-        assert all(json.loads((Path(r.config.out) / "core.json").read_text())["bundle"] == str(bundle) for r in runs)
-        assert "CORE" in (out / "report.md").read_text()
-
-
-def fake_study(tmp_path, means: dict[str, float], spread: float = 0.01,
-               ablations: str = 'injection = ["kv"]\nschedule = ["chunked:8", "interleaved:4"]'):
-    """A study whose runs logged the given exact BPB per cell (seeds spread around it)."""
-    spec = load_spec(spec_file(tmp_path, ablations), tmp_path / "study")
-    for run in spec.runs:
-        folder = Path(run.config.out)
-        folder.mkdir(parents=True)
-        bpb = means[run.cell.name] + spread * (run.seed - 0.5)
-        records = [{"step": s, "kind": "eval", "flops": s * 1e7, "val_bpb": bpb + 0.1, "val_bpb_exact": bpb}
-                   for s in sorted(set(run.budget_steps) | set(run.config.exact_at))]
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return spec
-
-
-def test_the_report_gives_intervals_and_a_verdict_per_claim(tmp_path):
-    spec = fake_study(tmp_path, {"baseline": 3.0, "lrt": 2.5, "injection=kv": 2.2, "schedule=chunked:8": 2.9,
-                                 "schedule=interleaved:4": 2.505})
-    result = collect(spec)
-    lines = "\n".join(claims(result))
-    assert "beats the baseline at equal training FLOPs**: reproduced" in lines
-    assert "best injection**: contradicted" in lines  # kv alone is better here
-    assert "weaker than interleaved S=2**: reproduced" in lines
-    assert "no better than S=2**: reproduced" in lines  # 2.505 vs 2.5: intervals overlap
-    lrt = result.bpb["lrt"][-1]
-    mean, std, half = ci95([2.495, 2.505])
-    assert (lrt.mean, lrt.std, lrt.half) == pytest.approx((mean, std, half)) and half == pytest.approx(12.706 * std / 2**0.5)
-    write_report(result, tmp_path / "study")
-    report = (tmp_path / "study/report.md").read_text()
-    assert "| 2e+09 | 3.0000 ± 0.0071 | 2.5000 ± 0.0071 | -0.5000 (-0.5000..-0.5000) |" in report
-    assert "the gap does not change beyond its intervals: -0.5000 -> -0.5000 BPB" in report
-    assert "LRT is ahead of the baseline." in report
-
-
-def test_the_gap_trend_is_read_from_paired_intervals():
-    gaps = [Score([0.21, 0.2, 0.19]), Score([0.05, 0.06, 0.04]), Score([-0.11, -0.1, -0.09])]
-    assert "crosses zero" in gap_trend(gaps) and "ahead of the baseline" in gap_trend(gaps)
-    assert "shrinks" in gap_trend(gaps[:2]) and "behind the baseline" in gap_trend(gaps[:2])
-    assert "grows" in gap_trend(gaps[1::-1])
-    assert difference(Score([3.0, 2.0]), Score([2.5, 2.25])).values == [0.5, -0.25]
-
-
-def test_overlapping_intervals_are_inconclusive(tmp_path):
-    spec = fake_study(tmp_path, {"baseline": 3.0, "lrt": 2.99, "injection=kv": 3.0, "schedule=chunked:8": 3.0,
-                                 "schedule=interleaved:4": 2.9}, spread=0.05)
-    lines = "\n".join(claims(collect(spec)))
-    assert "beats the baseline at equal training FLOPs**: inconclusive (intervals overlap)" in lines
-    assert "no better than S=2**: reproduced" in lines
-
-
-def test_the_memory_reset_is_compared_not_judged(tmp_path):
-    spec = fake_study(tmp_path, {"baseline": 3.0, "lrt": 2.9, "reset_memory_at_bos=true": 2.6},
-                      ablations="reset_memory_at_bos = [true]")
-    (line,) = [x for x in claims(collect(spec)) if "memory reset" in x]
-    assert "not a paper claim" in line and ": on is better." in line
-
-
-def test_report_needs_a_study(tmp_path, capsys):
-    assert main(["study", "report", str(tmp_path)]) == 2
-    assert "holds no study" in capsys.readouterr().err
+    finished = [j for j in jobs if done(j)]
+    assert finished and len(finished) < len(jobs)
+    before = {j.path: digest(j.path / "checkpoints") for j in finished}
+    result = subprocess.run(lrt_study("run", str(spec_path), "--out", str(out), "--jobs", "2"), capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    spec = load_spec(spec_path, out)  # now with each arm's learning rate
+    choice = json.loads((out / "lr_choice.json").read_text())
+    assert choice["field"] == "adamw_lr" and set(choice["choice"]) == {"baseline", "lrt"}
+    assert all(map(done, spec.jobs))
+    for job in spec.jobs:
+        if job.info["stage"] in ("main",):
+            arm = "baseline" if job.info["cell"] == "baseline" else "lrt"
+            assert job.config.optim.adamw_lr == choice["choice"][arm]
+    for path, files in before.items():  # not trained again
+        assert digest(path / "checkpoints") == files
+    scored = json.loads(
+        next(j for j in spec.jobs if j.memories and j.info["cell"] == "lrt").path.joinpath("eval.json").read_text()
+    )
+    assert {"exact", "parallel", "zero", "step", "tokens"} <= set(scored) and scored["exact"] > 0
 
 
 def test_a_file_as_the_study_folder_is_one_line_and_untouched(tmp_path, capsys):
@@ -191,14 +238,14 @@ def test_a_file_as_the_study_folder_is_one_line_and_untouched(tmp_path, capsys):
 def test_a_study_folder_belongs_to_one_spec_and_one_process(tmp_path, capsys):
     """Another spec's finished runs would pass for this one's (same cell names): refused, nothing
     touched. A second `lrt study run` of a folder in use stops at once."""
-    from lrt.run_folder import RunFolder
+    from lrt.train.run_folder import RunFolder
 
     out = tmp_path / "study"
     out.mkdir()
     (out / "spec.toml").write_text("# another study\n")
     assert main(["study", "run", str(spec_file(tmp_path)), "--out", str(out)]) == 2
     assert "holds another study" in capsys.readouterr().err
-    assert (out / "spec.toml").read_text() == "# another study\n" and not (out / "runs").exists()
+    assert (out / "spec.toml").read_text() == "# another study\n" and not (out / "main").exists()
     (out / "spec.toml").unlink()
     holder = RunFolder(out, user="lrt study run").acquire()
     try:
@@ -207,3 +254,25 @@ def test_a_study_folder_belongs_to_one_spec_and_one_process(tmp_path, capsys):
         assert not (out / "spec.toml").exists()
     finally:
         holder.release()
+
+
+def test_dataclass_replace_keeps_a_spec_usable(tmp_path):
+    """A Job's config is a plain TrainConfig: the study's children rebuild it from JSON."""
+    spec = load_spec(spec_file(tmp_path), tmp_path / "out")
+    job = spec.jobs[0]
+    again = TrainConfig.from_dict(json.loads(json.dumps(job.config.to_dict())))
+    assert dataclasses.asdict(again) == dataclasses.asdict(job.config)
+
+
+def test_the_lr_check_picks_each_arms_best_and_a_diverged_rate_loses(tmp_path):
+    spec = load_spec(spec_file(tmp_path, STAGES.replace("[0.002, 0.004]", "[0.002, 0.004, 0.008]")), tmp_path / "o")
+    scores = {("baseline", 0.002): 3.0, ("baseline", 0.004): 2.9, ("lrt", 0.002): 2.95, ("lrt", 0.004): 3.1}
+    for job in spec.jobs:
+        if job.info["stage"] == "lr_check":
+            job.path.mkdir(parents=True)
+            key = (job.info["cell"], job.info["adamw_lr"])
+            scored = {"diverged": "non-finite loss"} if key[1] == 0.008 else {"exact": None, "zero": scores[key]}
+            (job.path / "eval.json").write_text(json.dumps(scored))
+    choice = choose_lr(spec)
+    assert choice["choice"] == {"baseline": 0.004, "lrt": 0.002}
+    assert choice["means"]["lrt"]["0.008"] == float("inf")

@@ -1,6 +1,6 @@
 import pytest
 
-from lrt.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, tokenizer_from_reference
+from lrt.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, tokenizer_from_reference
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer — ünïcode too.\n" * 20
 

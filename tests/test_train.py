@@ -5,29 +5,32 @@ import pytest
 import torch
 
 import lrt
-from lrt import checkpoint
+from helpers import tiny_train_args, tiny_train_config
 from lrt.cli import main
-from lrt.optim import OptimConfig, build_optimizers, lr_multiplier
-from lrt.plots import read_metrics
-from lrt.train import Trainer
-from lrt.train_config import TrainConfig
+from lrt.train import checkpoint
+from lrt.train.config import TrainConfig
+from lrt.train.curves import read_metrics
+from lrt.train.optim import OptimConfig, build_optimizers, lr_multiplier
+from lrt.train.trainer import Trainer
 
 
 def tiny(out, **overrides) -> TrainConfig:
-    base = dict(out=str(out), preset="tiny", steps=6, batch_size=4, eval_every=3, eval_tokens=256, save_every=3,
-                keep=10, final_decode=False)
-    base.update(overrides)
-    return TrainConfig(**base)
+    """Six steps of batches of 4, evaluated (on 256 tokens) and saved every third step, every checkpoint kept."""
+    six_steps = dict(steps=6, batch_size=4, eval_every=3, eval_tokens=256, save_every=3, keep=10)
+    return tiny_train_config(out, **{**six_steps, **overrides})
 
 
 class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("schedule, optimizer, dtype", [
-    ("interleaved:2", "muon", "float32"),
-    ("baseline", "adamw", "bfloat16"),
-])
+@pytest.mark.parametrize(
+    "schedule, optimizer, dtype",
+    [
+        ("interleaved:2", "muon", "float32"),
+        ("baseline", "adamw", "bfloat16"),
+    ],
+)
 def test_resuming_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, schedule, optimizer, dtype):
     kw = dict(schedule=schedule, optim=OptimConfig(optimizer=optimizer, warmup_steps=2), dtype=dtype)
     Trainer(tiny(tmp_path / "a", **kw)).train(progress=False)
@@ -55,8 +58,7 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, schedu
 
 def test_cli_train_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--preset", "tiny", "--steps", "3", "--batch-size", "2", "--eval-every", "2",
-                 "--eval-tokens", "128", "--out", str(out)]) == 0
+    assert main(tiny_train_args(out, steps=3, eval_every=2, final_decode=True)) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 3 and summary["val_bpb"] > 0
     assert (out / "curves.png").stat().st_size > 1000 and (out / "metrics.jsonl").exists()
@@ -76,8 +78,7 @@ def _digest(run):
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("good")
-    assert main(["train", "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--eval-tokens", "128",
-                 "--out", str(out), "--no-final-decode"]) == 0
+    assert main(tiny_train_args(out)) == 0
     return out
 
 
@@ -103,8 +104,10 @@ def _bad_inputs(tmp, good):
         "bad schedule parameter": (["--schedule", "chunked:0"], "chunk must be an integer >= 1"),
         "unknown device": (["--device", "tpu:x"], "not a device torch knows"),
         "corrupt checkpoint": (["--resume", str(corrupt)], "corrupt"),
-        "config mismatch": (["--resume", str(good), "--set", "n_embd=128", "--set", "n_head=1", "--set", "n_kv_head=1"],
-                            "config does not match"),
+        "config mismatch": (
+            ["--resume", str(good), "--set", "n_embd=128", "--set", "n_head=1", "--set", "n_kv_head=1"],
+            "config does not match",
+        ),
         "existing run": (["--out", str(good)], "holds another run"),
         "unknown model field": (["--set", "n_layers=3"], "unknown model field"),
     }

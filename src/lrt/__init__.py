@@ -1,15 +1,24 @@
 """lrt: the Latent Recurrent Transformer (arXiv 2605.26797) in PyTorch."""
 
 from .config import LRTConfig
-from .decoding import DecodeState, Generation
+from .decoding import Decoder, DecodeState, Generation, generate
 from .evaluate import BPBResult, evaluate_bpb
 from .evaluate.core import CoreResult, evaluate_core
 from .memory import MEMORY_MODES, Memory, Reading, read
 from .model import LRT, ParameterCounts, parameter_counts
 from .presets import PRESETS, VARIANTS
-from .schedules import (Baseline, Chunked, Interleaved, MultiRefine, Schedule, ScheduleOutput, Sequential, Step,
-                        parse_schedule)
-from .train_config import TrainConfig
+from .schedules import (
+    Baseline,
+    Chunked,
+    Interleaved,
+    MultiRefine,
+    Schedule,
+    ScheduleOutput,
+    Sequential,
+    Step,
+    parse_schedule,
+)
+from .train.config import TrainConfig
 
 __version__ = "0.1.0"
 
@@ -18,6 +27,8 @@ __all__ = [
     "LRTConfig",
     "PRESETS",
     "VARIANTS",
+    "Decoder",
+    "generate",
     "DecodeState",
     "Generation",
     "MEMORY_MODES",

@@ -70,8 +70,9 @@ def flex_attend(q, k, v, block_mask: BlockMask) -> torch.Tensor:
         return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
 
 
-def put(buf: torch.Tensor | None, dim: int, pos: torch.Tensor, new: torch.Tensor, length: int,
-        inplace: bool) -> torch.Tensor:
+def put(
+    buf: torch.Tensor | None, dim: int, pos: torch.Tensor, new: torch.Tensor, length: int, inplace: bool
+) -> torch.Tensor:
     """`buf` (created with `length` positions along `dim` when None) with `new` written at `pos`
     ((n,) the same positions in every sequence, or (B, n)): in place (a decoding cache) or as a new
     tensor, so gradients flow through the old one (training)."""
@@ -203,8 +204,9 @@ class PassContext:
         if self.backend == "flex":
             return flex_attend(q, keys, values, mask)
         outs = [
-            F.scaled_dot_product_attention(q[:, :, a:b], keys[:, :, lo:hi], values[:, :, lo:hi], attn_mask=m,
-                                           enable_gqa=True)
+            F.scaled_dot_product_attention(
+                q[:, :, a:b], keys[:, :, lo:hi], values[:, :, lo:hi], attn_mask=m, enable_gqa=True
+            )
             for a, b, lo, hi, m in mask
         ]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

@@ -33,11 +33,17 @@ def check_int(name: str, value, low: int = 1) -> None:
 
 def check_number(name: str, value, low: float = 0.0, high: float = math.inf, *, above: bool = False) -> None:
     """A finite number in [low, high] (or (low, high] with `above`)."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (value > low if above else value >= low) and value <= high)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > low if above else value >= low)
+        and value <= high
+    )
     if not ok:
         bounds = ([f"> {low:g}" if above else f">= {low:g}"] if low > -math.inf else []) + (
-            [f"<= {high:g}"] if high < math.inf else [])
+            [f"<= {high:g}"] if high < math.inf else []
+        )
         _fail(name, " ".join(["a finite number", " and ".join(bounds)]).strip(), value)
 
 
@@ -83,7 +89,9 @@ class LRTConfig:
         if self.n_head % self.n_kv_head:
             _fail("n_kv_head", f"a divisor of n_head={self.n_head}", self.n_kv_head)
         if self.head_dim % 2:
-            _fail("n_head", f"such that head_dim = n_embd / n_head is even (RoPE), head_dim={self.head_dim}", self.n_head)
+            _fail(
+                "n_head", f"such that head_dim = n_embd / n_head is even (RoPE), head_dim={self.head_dim}", self.n_head
+            )
         pattern = self.window_pattern
         if not isinstance(pattern, str) or not pattern or set(pattern.upper()) - set("SL"):
             _fail("window_pattern", "a non-empty string of 'S' and 'L'", self.window_pattern)
@@ -157,8 +165,10 @@ class LRTConfig:
         """One line naming the model, e.g. 'LRT kv+residual shared, source layer 3, 4 layers, d=256'."""
         if self.injection == "none":
             return f"baseline transformer, {self.n_layer} layers, d={self.n_embd}"
-        return (f"LRT {self.injection} {self.projection}, source layer {self.source_layer}, {self.n_layer} layers, "
-                f"d={self.n_embd}")
+        return (
+            f"LRT {self.injection} {self.projection}, source layer {self.source_layer}, {self.n_layer} layers, "
+            f"d={self.n_embd}"
+        )
 
     # serialisation ------------------------------------------------------------------------------
 

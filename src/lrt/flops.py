@@ -8,7 +8,6 @@ skips the memory projections Wk, Wv (their input is 0), so only steps that read 
 
 from __future__ import annotations
 
-
 from .config import LRTConfig
 from .model import LRT, parameter_counts
 from .schedules import Schedule, checked_plan

@@ -21,8 +21,18 @@ from dataclasses import dataclass
 import torch
 
 from .attention import KVBuffer
-from .schedules import (Baseline, Schedule, ScheduleOutput, Sequential, Step, checked_plan, parse_schedule,
-                        run_schedule, run_step, schedule_label)
+from .schedules import (
+    Baseline,
+    Schedule,
+    ScheduleOutput,
+    Sequential,
+    Step,
+    checked_plan,
+    parse_schedule,
+    run_schedule,
+    run_step,
+    schedule_label,
+)
 
 MEMORY_MODES = ("zero", "parallel", "exact", "fixed-point")
 MEMORY_SPECS = "zero, exact, parallel[:<schedule>], fixed-point[:<tol>]"

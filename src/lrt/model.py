@@ -17,7 +17,6 @@ none of them and is the plain transformer baseline.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -26,7 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from . import decoding
 from .attention import KVBuffer, PassContext, check_attention, resolve_attention
 from .config import LRTConfig
 from .runtime import room_for_graphs
@@ -55,7 +53,9 @@ class Attention(nn.Module):
         self.c_k = nn.Linear(d, config.kv_dim, bias=False)
         self.c_v = nn.Linear(d, config.kv_dim, bias=False)
         self.c_proj = nn.Linear(config.n_head * config.head_dim, d, bias=False)
-        self.ve_gate = nn.Linear(config.gate_channels, config.n_kv_head, bias=False) if config.has_value_embed(layer) else None
+        self.ve_gate = (
+            nn.Linear(config.gate_channels, config.n_kv_head, bias=False) if config.has_value_embed(layer) else None
+        )
         kv_target = config.is_target(layer) and config.uses_kv
         # per-head gates (own, memory) mixing the memory's key/value into this layer's
         self.mem_gate = nn.Linear(config.gate_channels, 2 * config.n_kv_head, bias=False) if kv_target else None
@@ -122,6 +122,18 @@ class Block(nn.Module):
         return x + self.mlp(norm(x)), kv
 
 
+PATHWAY_STREAM = 0x4C5254  # "LRT": offsets the pathway's seed from the backbone's
+
+
+def pathway_generator(device: torch.device) -> torch.Generator | None:
+    """The pathway's own random stream, derived from the seed torch was given (torch.manual_seed),
+    so it is reproducible and leaves the backbone's draws untouched (None on the meta device,
+    where nothing is drawn)."""
+    if device.type == "meta":
+        return None
+    return torch.Generator(device=device).manual_seed((torch.initial_seed() + PATHWAY_STREAM) % 2**64)
+
+
 class LRT(nn.Module):
     """The model. `attention` chooses how subset passes attend (attention.py: auto, sdpa, flex); it
     belongs to this model, so models with different backends share a process.
@@ -131,14 +143,18 @@ class LRT(nn.Module):
     too large to build on one device: `with torch.device("meta"): model = LRT(config)`, shard or
     move it, then `model.to_empty(device=...)` and `model.init_weights()`."""
 
-    def __init__(self, config: LRTConfig, *, attention: str = "auto", activation_checkpointing: bool = False,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        config: LRTConfig,
+        *,
+        attention: str = "auto",
+        activation_checkpointing: bool = False,
+        device: torch.device | str | None = None,
+    ):
         super().__init__()
         self.config = config
         self.attention = attention
         self.activation_checkpointing = activation_checkpointing  # recompute each block in backward
-        self.compiled_step = None  # the compiled static decoding step, once compile_decoding is called
-        self.compiled_blocks = False  # set by compile_model
         d, V = config.n_embd, config.vocab_size
         with torch.device("meta"):
             self.wte = nn.Embedding(V, d)
@@ -163,19 +179,20 @@ class LRT(nn.Module):
     @torch.no_grad()
     def init_weights(self):
         """nanochat's init: output projections zero, input projections uniform with std 1/sqrt(d),
-        gates zero (2 sigmoid(0) = 1, neutral)."""
+        gates zero (2 sigmoid(0) = 1, neutral). The backbone draws from torch's default generator
+        and the pathway's projections from their own (`pathway_generator`), so at one seed an LRT
+        and its baseline start from the same backbone: a comparison of the two is paired."""
         cfg = self.config
         s = math.sqrt(3.0 / cfg.n_embd)
         nn.init.normal_(self.wte.weight, std=1.0)
         nn.init.normal_(self.lm_head.weight, std=0.001)
         inputs = [emb.weight for emb in self.value_embeds.values()]
-        if self.mem_kv is not None:
-            inputs.append(self.mem_kv.weight)
+        pathway = [] if self.mem_kv is None else [self.mem_kv.weight]
         for block in self.blocks:
             attn = block.attn
             inputs += [attn.c_q.weight, attn.c_k.weight, attn.c_v.weight, block.mlp.c_fc.weight]
             if attn.mem_kv is not None:
-                inputs.append(attn.mem_kv.weight)
+                pathway.append(attn.mem_kv.weight)
             nn.init.zeros_(attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
             for gate in (attn.ve_gate, attn.mem_gate):
@@ -188,6 +205,9 @@ class LRT(nn.Module):
                 block.mem_scale.fill_(cfg.residual_init)
         for w in inputs:
             nn.init.uniform_(w, -s, s)
+        generator = pathway_generator(self.wte.weight.device)
+        for w in pathway:
+            nn.init.uniform_(w, -s, s, generator=generator)
 
     # the one computation ------------------------------------------------------------------------
 
@@ -216,24 +236,32 @@ class LRT(nn.Module):
         if cfg.reset_memory_at_bos and memory is not None:  # memory never crosses into the next document
             memory = memory.masked_fill((idx == cfg.bos_id).unsqueeze(-1), 0.0)
         x = x0 = norm(self.wte(idx))
-        ctx = PassContext(pos, span, full, kv_len, buffer.length, buffer.inplace, *self.rotary(pos, x.dtype), x0=x0,
-                          memory=memory, backend=resolve_attention(self.attention, idx.device))
+        ctx = PassContext(
+            pos,
+            span,
+            full,
+            kv_len,
+            buffer.length,
+            buffer.inplace,
+            *self.rotary(pos, x.dtype),
+            x0=x0,
+            memory=memory,
+            backend=resolve_attention(self.attention, idx.device),
+        )
         ctx.shared_mem_kv = self.mem_kv(memory) if self.mem_kv is not None and memory is not None else None
         ctx.prepare(block.attn.window for block in self.blocks)
         checkpointed = self.activation_checkpointing and torch.is_grad_enabled()
         source = None
-        compiled = self.compiled_blocks and not torch.compiler.is_compiling()
-        with room_for_graphs() if compiled else contextlib.nullcontext():
-            for layer, block in enumerate(self.blocks):
-                ve = self.value_embeds[str(layer)](idx) if str(layer) in self.value_embeds else None
-                past = (buffer.k[layer], buffer.v[layer])
-                if checkpointed:  # keep the block's inputs only; recompute its insides in backward
-                    x, kv = checkpoint(block, x, ve, past, ctx, use_reentrant=False)
-                else:
-                    x, kv = block(x, ve, past, ctx)
-                buffer.store(layer, *kv, full)
-                if layer + 1 == cfg.source_layer:
-                    source = x
+        for layer, block in enumerate(self.blocks):
+            ve = self.value_embeds[str(layer)](idx) if str(layer) in self.value_embeds else None
+            past = (buffer.k[layer], buffer.v[layer])
+            if checkpointed:  # keep the block's inputs only; recompute its insides in backward
+                x, kv = checkpoint(block, x, ve, past, ctx, use_reentrant=False)
+            else:
+                x, kv = block(x, ve, past, ctx)
+            buffer.store(layer, *kv, full)
+            if layer + 1 == cfg.source_layer:
+                source = x
         x = norm(x)
         if cfg.source_layer == cfg.n_layer:  # h^(L) is taken after the final norm
             source = x
@@ -284,41 +312,43 @@ class LRT(nn.Module):
 
     def _check_input(self, idx: torch.Tensor, targets: torch.Tensor | None) -> None:
         if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32) or idx.size(1) == 0:
-            raise ValueError(f"idx must be a non-empty (batch, time) integer tensor, got {tuple(idx.shape)} {idx.dtype}")
+            raise ValueError(
+                f"idx must be a non-empty (batch, time) integer tensor, got {tuple(idx.shape)} {idx.dtype}"
+            )
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
-
-    def new_state(self, batch_size: int, max_len: int | None = None, *, zero_memory: bool = False,
-                  static: bool | None = None) -> decoding.DecodeState:
-        return decoding.new_state(self, batch_size, max_len or self.config.sequence_len, zero_memory=zero_memory,
-                                  static=static)
-
-    def step(self, tokens: torch.Tensor, state: decoding.DecodeState) -> torch.Tensor:
-        """Logits of the next token after `tokens` (B,); a static state of a model with a compiled
-        step (`compile_decoding`) takes the compiled path."""
-        return decoding.step(self, tokens, state)
-
-    def compile_decoding(self, mode: str | None = None) -> LRT:
-        """Compile the fixed-shape decoding step (decoding.compile_decoding); states are static from now on."""
-        return decoding.compile_decoding(self, mode)
-
-    def decode(self, idx: torch.Tensor, zero_memory: bool = False) -> torch.Tensor:
-        return decoding.decode(self, idx, zero_memory)
-
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, **options) -> decoding.Generation:
-        """Sample continuations of token-id prompts; options as `lrt.decoding.generate`."""
-        return decoding.generate(self, prompts, max_new_tokens, **options)
 
 
 def compile_model(model: LRT) -> LRT:
     """Regional compilation: each block is compiled, and the graph of one block serves every layer
     and every pass with the same shapes (blocks are pure functions of their inputs), so compile
     time does not grow with depth x passes as one graph of the unrolled schedule did. Shapes are
-    static (dynamic=False): a schedule has a few pass lengths, each its own graph."""
+    static (dynamic=False): a schedule has a few pass lengths, each its own graph.
+
+    Each block's compiled call enters runtime.room_for_graphs itself (the graphs of every layer
+    kind x pass kind, of every model in the process, exceed dynamo's default limit). The limit is
+    raised by what compiles, around exactly the compiled calls, so the model carries no flag saying
+    it was compiled: forward_positions stays the same pure loop for an eager and a compiled model,
+    and no caller (trainer, bench, tests) can forget the room. The alternatives were worse: raising
+    the limit in every caller repeats it and fails silently where forgotten, and reading torch's
+    per-module compile state from forward_positions puts run-time state back into the model."""
     for block in model.blocks:
         block.compile(dynamic=False)
-    model.compiled_blocks = True
+        block._compiled_call_impl = with_room_for_graphs(block._compiled_call_impl)  # what compile() set
     return model
+
+
+def with_room_for_graphs(compiled):
+    """`compiled` called inside room_for_graphs, except while dynamo traces a caller (a compiled
+    whole model inlines the block, and its config must not change while traced)."""
+
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return compiled(*args, **kwargs)
+        with room_for_graphs():
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 # parameter accounting ----------------------------------------------------------------------------

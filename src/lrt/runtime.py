@@ -33,7 +33,7 @@ def keep_freed_memory() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" is CUDA where there is a GPU, else the CPU; "cpu", "cuda[:N]" and "mps" must exist here."""
+    """ "auto" is CUDA where there is a GPU, else the CPU; "cpu", "cuda[:N]" and "mps" must exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

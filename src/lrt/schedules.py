@@ -193,7 +193,13 @@ def checked_plan(schedule: Schedule, T: int) -> tuple[tuple[Step, ...], ...]:
             mine[pos] = True
             if not np.all((written | mine)[: pos.max() + 1]):
                 raise ValueError(f"{type(schedule).__name__}: step {step} attends to positions nothing has computed")
-            reads = pos[pos >= 1] if step.memory == "previous" else pos[:1][pos[:1] >= 1] if step.memory == "boundary" else pos[:0]
+            reads = (
+                pos[pos >= 1]
+                if step.memory == "previous"
+                else pos[:1][pos[:1] >= 1]
+                if step.memory == "boundary"
+                else pos[:0]
+            )
             if not np.all(written[reads - 1]):
                 raise ValueError(f"{type(schedule).__name__}: step {step} reads memory nothing has computed")
             in_pass |= mine
@@ -206,8 +212,11 @@ def reads_memory(config, schedule: Schedule, T: int) -> bool:
     with no step that reads memory leaves them without gradients (DDP must be told)."""
     if config.injection == "none":
         return True  # there are no pathway weights to leave unused
-    return any(step.memory == "previous" or (step.memory == "boundary" and step.positions.start > 0)
-               for steps in checked_plan(schedule, T) for step in steps)
+    return any(
+        step.memory == "previous" or (step.memory == "boundary" and step.positions.start > 0)
+        for steps in checked_plan(schedule, T)
+        for step in steps
+    )
 
 
 def merge_passes(per_pass: list[tuple[torch.Tensor, torch.Tensor]], T: int) -> torch.Tensor:
@@ -279,8 +288,15 @@ def run_step(model, idx: torch.Tensor, step: Step, buffer: KVBuffer) -> tuple[to
     return pos, h
 
 
-def run_schedule(model, idx: torch.Tensor, schedule: Schedule, *, targets: torch.Tensor | None = None,
-                 return_logits: bool = True, buffer: KVBuffer | None = None) -> ScheduleOutput:
+def run_schedule(
+    model,
+    idx: torch.Tensor,
+    schedule: Schedule,
+    *,
+    targets: torch.Tensor | None = None,
+    return_logits: bool = True,
+    buffer: KVBuffer | None = None,
+) -> ScheduleOutput:
     """Run the schedule's passes over `buffer` (default: a fresh out-of-place one, as training
     needs). With targets, each pass's mean token loss; with return_logits, the hidden states that
     the output's logits are computed from."""
@@ -316,5 +332,11 @@ def describe_pass(steps, T: int) -> str:
     if len(steps) > 1:
         return f"{len(steps)} sequential steps, {memory[steps[0].memory]}"
     r = steps[0].positions
-    where = "all positions" if r == range(T) else f"positions t mod {r.step} == {r.start}" if r.step > 1 else f"positions {r.start}..{r.stop - 1}"
+    where = (
+        "all positions"
+        if r == range(T)
+        else f"positions t mod {r.step} == {r.start}"
+        if r.step > 1
+        else f"positions {r.start}..{r.stop - 1}"
+    )
     return f"{memory[steps[0].memory]}, {where}"

@@ -16,18 +16,29 @@ class PackedLoader:
     """Rows packed from `source`; with rank and world_size, from this rank's shard of it (its own
     documents or row groups: the ranks of a run read disjoint parts of the stream)."""
 
-    def __init__(self, source, tokenizer, batch_size: int, seq_len: int, buffer_docs: int = 32,
-                 rank: int = 0, world_size: int = 1, loop: bool = True):
+    def __init__(
+        self,
+        source,
+        tokenizer,
+        batch_size: int,
+        seq_len: int,
+        buffer_docs: int = 32,
+        rank: int = 0,
+        world_size: int = 1,
+        loop: bool = True,
+        seed: int = 0,
+    ):
         self.source, self.tokenizer = source, tokenizer
         self.batch_size, self.row_len = batch_size, seq_len + 1
         self.buffer_docs, self.shard, self.loop = buffer_docs, (rank, world_size), loop
+        self.seed = seed  # the source's document order (TextSource.order)
         self.position: dict | None = None  # source position after the last document read
         self.buffer: list[list[int]] = []
         self._iterator = None
 
     def _next_document(self) -> list[int] | None:
         if self._iterator is None:
-            self._iterator = self.source.iterate(self.position, loop=self.loop, shard=self.shard)
+            self._iterator = self.source.iterate(self.position, loop=self.loop, shard=self.shard, seed=self.seed)
         for text, position in self._iterator:
             self.position = position
             return [self.tokenizer.bos_id] + self.tokenizer.encode(text)

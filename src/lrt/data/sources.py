@@ -60,6 +60,10 @@ def passages(text: str, max_chars: int = 2000) -> list[str]:
     return out
 
 
+# epochs per seed before two (seed, epoch) pairs share a shuffle: far more than any run reads
+SEED_STRIDE = 1_000_003
+
+
 class TextSource:
     """Documents held in memory, addressed by (epoch, index, piece). With `shuffle` each epoch visits
     them in its own fixed random order: passages of one work are contiguous, and a model fed
@@ -73,21 +77,25 @@ class TextSource:
         self.name = name
         self.shuffle = shuffle
 
-    def order(self, epoch: int) -> list[int]:
+    def order(self, epoch: int, seed: int = 0) -> list[int]:
+        """Epoch `epoch`'s order under `seed`: runs with the same seed read the same documents in
+        the same order (what pairs a baseline with an LRT), runs with different seeds do not.
+        Seed 0 is the order lrt has always used (epoch e shuffled by Random(e))."""
         order = list(range(len(self.documents)))
         if self.shuffle:
-            random.Random(epoch).shuffle(order)
+            random.Random(epoch + SEED_STRIDE * seed).shuffle(order)
         return order
 
-    def iterate(self, position: dict | None = None, loop: bool = True,
-                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, dict]]:
-        """Documents from `position` on; with shard (rank, world), those at epoch-order indices
-        i with i % world == rank."""
+    def iterate(
+        self, position: dict | None = None, loop: bool = True, shard: tuple[int, int] = (0, 1), seed: int = 0
+    ) -> Iterator[tuple[str, dict]]:
+        """Documents from `position` on, in `seed`'s order; with shard (rank, world), those at
+        epoch-order indices i with i % world == rank."""
         p = {"epoch": 0, "index": 0, "piece": 0, **(position or {})}
         epoch, index, piece = p["epoch"], p["index"], p["piece"]
         rank, world = shard
         while True:
-            order = self.order(epoch)
+            order = self.order(epoch, seed)
             while index < len(order):
                 if index % world == rank:
                     here = {"epoch": epoch, "index": index}
@@ -170,10 +178,13 @@ class ParquetSource:
                 raise ValueError(f"{f} has no 'text' column (columns: {', '.join(meta.schema_arrow.names)})")
             self.row_groups.append(meta.num_row_groups)
 
-    def iterate(self, position: dict | None = None, loop: bool = True,
-                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, dict]]:
+    def iterate(
+        self, position: dict | None = None, loop: bool = True, shard: tuple[int, int] = (0, 1), seed: int = 0
+    ) -> Iterator[tuple[str, dict]]:
         """Documents from `position` on; with shard (rank, world), those of the row groups g
-        (numbered across files) with g % world == rank: a rank reads only its own row groups."""
+        (numbered across files) with g % world == rank: a rank reads only its own row groups.
+        Shards are read in file order whatever the seed: pretraining shards come shuffled
+        (FineWeb-Edu), and reordering row groups would cost a read per group."""
         import pyarrow.parquet as pq
 
         p = {"epoch": 0, "file": 0, "group": 0, "row": 0, "piece": 0, **(position or {})}
@@ -201,8 +212,12 @@ class ParquetSource:
     def split(self, val_fraction: float) -> tuple["ParquetSource", "ParquetSource"]:
         """The last shard is validation (nanochat's rule); val_fraction does not apply."""
         if len(self.files) < 2:
-            raise ValueError(f"{self.name}: need at least two parquet shards (the last one is validation), or give --val-data")
-        return ParquetSource(self.files[:-1], self.name), ParquetSource(self.files[-1:], f"{self.files[-1]} (validation)")
+            raise ValueError(
+                f"{self.name}: need at least two parquet shards (the last one is validation), or give --val-data"
+            )
+        return ParquetSource(self.files[:-1], self.name), ParquetSource(
+            self.files[-1:], f"{self.files[-1]} (validation)"
+        )
 
 
 def earliest(positions: list[dict]) -> dict:

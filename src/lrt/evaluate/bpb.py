@@ -40,8 +40,10 @@ class BPBResult:
 
     def format(self, recurrent: bool = True) -> str:
         """The report of `lrt eval bpb`; `recurrent` is False for a model without a pathway."""
-        lines = [(f"pass {i} ({label})", bpb) for i, (label, bpb) in
-                 enumerate(zip(self.parallel_pass_labels, self.parallel_passes))]
+        lines = [
+            (f"pass {i} ({label})", bpb)
+            for i, (label, bpb) in enumerate(zip(self.parallel_pass_labels, self.parallel_passes))
+        ]
         if self.parallel is not None:
             lines.append(("merged (each position from its last pass)", self.parallel))
         if self.exact is not None:
@@ -85,9 +87,17 @@ class _Tally:
 
 
 @torch.no_grad()
-def evaluate_bpb(model, rows: torch.Tensor, token_bytes: torch.Tensor, *,
-                 memories: tuple[Memory | str, ...] = ("zero", "exact"), batch_size: int = 16, bucket: int = 64,
-                 progress: bool = False, world=None) -> BPBResult:
+def evaluate_bpb(
+    model,
+    rows: torch.Tensor,
+    token_bytes: torch.Tensor,
+    *,
+    memories: tuple[Memory | str, ...] = ("zero", "exact"),
+    batch_size: int = 16,
+    bucket: int = 64,
+    progress: bool = False,
+    world=None,
+) -> BPBResult:
     """BPB of `model` on rows (N, T+1) of token ids under each of `memories` (at most one of each
     mode). A model without a pathway is scored with zero memory only: every mode equals it. With a
     `world` (distributed.World), each rank scores rows rank, rank + world, ... and the sums are
@@ -106,7 +116,7 @@ def evaluate_bpb(model, rows: torch.Tensor, token_bytes: torch.Tensor, *,
     tallies = {m.mode: _Tally(T) for m in memories}
     plans = {m.mode: checked_plan(m.schedule, T) for m in memories if m.mode == "parallel"}
     pass_tallies = [_Tally(T) for _ in plans.get("parallel", ())]
-    mine = rows if world is None else rows[world.rank::world.size]
+    mine = rows if world is None else rows[world.rank :: world.size]
     for batch in tqdm(mine.split(batch_size), desc="bpb", disable=not progress, leave=False):
         batch = batch.to(device)
         x, y = batch[:, :-1], batch[:, 1:]

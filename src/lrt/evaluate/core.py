@@ -147,14 +147,30 @@ def write_bundle(root: str | Path, tasks: dict, baselines: dict | None = None) -
     (root / "eval_data" / "sub").mkdir(parents=True, exist_ok=True)
     lines = ["icl_tasks:"]
     for label, (kind, shots, items) in tasks.items():
-        lines += ["-", f"  label: {label}", f"  dataset_uri: sub/{label}.jsonl", f"  num_fewshot: [{shots}]",
-                  f"  icl_task_type: {kind}", "  continuation_delimiter: ' '"]
+        lines += [
+            "-",
+            f"  label: {label}",
+            f"  dataset_uri: sub/{label}.jsonl",
+            f"  num_fewshot: [{shots}]",
+            f"  icl_task_type: {kind}",
+            "  continuation_delimiter: ' '",
+        ]
         (root / "eval_data" / "sub" / f"{label}.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     (root / "core.yaml").write_text("\n".join(lines) + "\n")
     with open(root / "eval_meta_data.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["Eval Task", "Task Category", "Task Type", "#shots", "#datapoints", "Random baseline",
-                    "Centered Metric?", "Description"])
+        w.writerow(
+            [
+                "Eval Task",
+                "Task Category",
+                "Task Type",
+                "#shots",
+                "#datapoints",
+                "Random baseline",
+                "Centered Metric?",
+                "Description",
+            ]
+        )
         for label in tasks:
             w.writerow([label, "sample", "", 0, 0, (baselines or {}).get(label, 0.0), "", ""])
     return root
@@ -168,12 +184,22 @@ SAMPLE_ITEMS = {
         {"query": "Cats say", "choices": ["meow", "moo", "oink", "quack"], "gold": 0},
     ],
     "schema": [
-        {"context_options": ["The ball broke the window because it was hard.",
-                             "The ball broke the window because it was soft."], "continuation": "It shattered.",
-         "gold": 0},
-        {"context_options": ["Anna thanked Beth because she had helped.",
-                             "Anna thanked Beth because she had ignored her."], "continuation": "Beth smiled.",
-         "gold": 0},
+        {
+            "context_options": [
+                "The ball broke the window because it was hard.",
+                "The ball broke the window because it was soft.",
+            ],
+            "continuation": "It shattered.",
+            "gold": 0,
+        },
+        {
+            "context_options": [
+                "Anna thanked Beth because she had helped.",
+                "Anna thanked Beth because she had ignored her.",
+            ],
+            "continuation": "Beth smiled.",
+            "gold": 0,
+        },
     ],
     "language_modeling": [
         {"context": "The capital of France is", "continuation": "Paris"},
@@ -186,10 +212,15 @@ SAMPLE_ITEMS = {
 def write_sample_bundle(root: str | Path) -> Path:
     """Three tiny tasks in the bundle format (sample_mc, sample_schema, sample_lm): the format of
     `lrt eval core` without a download, for smoke runs and examples, not a measure of anything."""
-    return write_bundle(root, {"sample_mc": ("multiple_choice", 1, SAMPLE_ITEMS["multiple_choice"]),
-                               "sample_schema": ("schema", 1, SAMPLE_ITEMS["schema"]),
-                               "sample_lm": ("language_modeling", 2, SAMPLE_ITEMS["language_modeling"])},
-                        {"sample_mc": 25.0, "sample_schema": 50.0})
+    return write_bundle(
+        root,
+        {
+            "sample_mc": ("multiple_choice", 1, SAMPLE_ITEMS["multiple_choice"]),
+            "sample_schema": ("schema", 1, SAMPLE_ITEMS["schema"]),
+            "sample_lm": ("language_modeling", 2, SAMPLE_ITEMS["language_modeling"]),
+        },
+        {"sample_mc": 25.0, "sample_schema": 50.0},
+    )
 
 
 # prompts ------------------------------------------------------------------------------------------
@@ -294,8 +325,15 @@ class CoreResult:
         return "\n".join(lines + [f"CORE = {self.core:.4f}"])
 
 
-def evaluate_task(task: Task, reader: Reader, *, max_items: int | None = None, progress: bool = False,
-                  items: list[dict] | None = None, world=None) -> TaskResult:
+def evaluate_task(
+    task: Task,
+    reader: Reader,
+    *,
+    max_items: int | None = None,
+    progress: bool = False,
+    items: list[dict] | None = None,
+    world=None,
+) -> TaskResult:
     """A task's accuracy; with a `world` (distributed.World), each rank scores items rank,
     rank + world, ... and the counts are summed."""
     items = list(items if items is not None else load_items(task))
@@ -316,8 +354,16 @@ def evaluate_task(task: Task, reader: Reader, *, max_items: int | None = None, p
     return TaskResult(task.label, task.kind, len(items), accuracy, (accuracy - rb) / (1 - rb), rb)
 
 
-def evaluate_core(model, tokenizer, bundle: str | Path, *, memory: Memory | str = "exact",
-                  max_per_task: int | None = None, progress: bool = True, world=None) -> CoreResult:
+def evaluate_core(
+    model,
+    tokenizer,
+    bundle: str | Path,
+    *,
+    memory: Memory | str = "exact",
+    max_per_task: int | None = None,
+    progress: bool = True,
+    world=None,
+) -> CoreResult:
     """CORE of `model`, reading every prompt with the given memory; with a `world`, the ranks
     share every task's items and all get the single-process numbers."""
     memory = Memory.parse(memory)

@@ -23,10 +23,10 @@ from transformers import DynamicCache, GenerationMixin, PretrainedConfig, PreTra
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..config import LRTConfig
+from ..data.tokenizer import BOS, BPETokenizer
 from ..decoding import DecodeState, right_padded, select_rows, state_after, step
 from ..memory import Memory, read
 from ..model import LRT
-from ..tokenizer import BOS, BPETokenizer
 
 CODE = {
     "configuration_lrt.py": "from lrt.integrations.hf import LRTHFConfig  # noqa: F401  (pip install 'lrt[hf]')\n",
@@ -74,8 +74,10 @@ class LRTCache(DynamicCache):
             self.state = select_rows(self.state, rows.repeat_interleave(repeats))
 
     def crop(self, max_length: int) -> None:
-        raise ValueError("an LRT cache cannot be cropped: the memory of an earlier position is not kept "
-                         "(assisted and speculative decoding are not supported)")
+        raise ValueError(
+            "an LRT cache cannot be cropped: the memory of an earlier position is not kept "
+            "(assisted and speculative decoding are not supported)"
+        )
 
     def reset(self) -> None:
         self.state, self.seen = None, 0
@@ -117,12 +119,18 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=True, **kwargs):
         if cache is not None and cache.state is not None:
-            input_ids = input_ids[:, cache.seen:]  # the tokens generated since the last call
+            input_ids = input_ids[:, cache.seen :]  # the tokens generated since the last call
         return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache, "use_cache": use_cache}
 
-    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                cache: LRTCache | None = None, use_cache: bool | None = None, labels: torch.LongTensor | None = None,
-                **kwargs) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: LRTCache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if cache is not None and cache.state is not None:  # continue the recurrence, a token at a time
             logits = torch.stack([step(self.model, input_ids[:, i], cache.state) for i in range(input_ids.size(1))], 1)
@@ -185,22 +193,28 @@ def hf_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
         tok.decoder = decoders.ByteLevel()
         tok.add_special_tokens([BOS])
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.bos_id)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS,
-                                   padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS, padding_side="left"
+    )
 
 
 def export_hf(run, out: str | Path) -> Path:
-    """Write an lrt run (checkpoint.Run) as a transformers folder."""
+    """Write a trained lrt model (checkpoint.Trained, what load_run returns) as a transformers folder."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty: export into a new folder")
     out.mkdir(parents=True, exist_ok=True)
     bos = run.tokenizer.bos_id
-    config = LRTHFConfig(lrt=run.model.config.to_dict(), memory="exact", vocab_size=run.model.config.vocab_size,
-                         bos_token_id=bos, eos_token_id=bos, pad_token_id=bos,
-                         architectures=["LRTForCausalLM"],
-                         auto_map={"AutoConfig": "configuration_lrt.LRTHFConfig",
-                                   "AutoModelForCausalLM": "modeling_lrt.LRTForCausalLM"})
+    config = LRTHFConfig(
+        lrt=run.model.config.to_dict(),
+        memory="exact",
+        vocab_size=run.model.config.vocab_size,
+        bos_token_id=bos,
+        eos_token_id=bos,
+        pad_token_id=bos,
+        architectures=["LRTForCausalLM"],
+        auto_map={"AutoConfig": "configuration_lrt.LRTHFConfig", "AutoModelForCausalLM": "modeling_lrt.LRTForCausalLM"},
+    )
     config.to_json_file(out / "config.json")  # not save_pretrained: it would copy this module's source once loaded
     weights = {f"model.{k}": v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})

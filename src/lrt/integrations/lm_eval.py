@@ -24,42 +24,29 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from ..checkpoint import load_run
-from ..config import LRTConfig
 from ..decoding import generate, right_padded
 from ..memory import Memory, read
-from ..model import LRT
-from ..runtime import resolve_device
-from ..tokenizer import BPETokenizer
+from ..train.checkpoint import load_run
 
 
 def load(pretrained: str | Path, device: str = "auto"):
-    """(model, tokenizer, memory schedule) of an lrt run or checkpoint folder, or of an export."""
-    path, where = Path(pretrained), resolve_device(device)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        run = load_run(path, str(where))
-        return run.model, run.tokenizer, run.train_config.schedule
-    from safetensors.torch import load_file
-    from tokenizers import Tokenizer
-
-    config = json.loads(config_file.read_text())
-    if config.get("model_type") != "lrt" or not config.get("lrt"):
-        raise ValueError(f"{path} is not an LRT export (config.json has no model_type 'lrt' and 'lrt' section)")
-    model = LRT(LRTConfig.from_dict(config["lrt"]), device="meta")
-    weights = {k.removeprefix("model."): v for k, v in load_file(path / "model.safetensors").items()}
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: the weights do not match config.json ({str(e).splitlines()[0]})") from None
-    tokenizer = BPETokenizer(Tokenizer.from_file(str(path / "tokenizer.json")))
-    return model.to(where), tokenizer, None
+    """(model, tokenizer, memory schedule) of an lrt run or checkpoint folder, or of an export (no
+    schedule: a bare `parallel` memory then needs one named)."""
+    trained = load_run(pretrained, device)
+    return trained.model, trained.tokenizer, trained.schedule
 
 
 @register_model("lrt")
 class LRTLM(LM):
-    def __init__(self, pretrained: str, memory: str = "exact", batch_size: int | str = 8, device: str = "auto",
-                 max_gen_toks: int = 256, **kwargs):
+    def __init__(
+        self,
+        pretrained: str,
+        memory: str = "exact",
+        batch_size: int | str = 8,
+        device: str = "auto",
+        max_gen_toks: int = 256,
+        **kwargs,
+    ):
         super().__init__()
         self.model, self.tokenizer, schedule = load(pretrained, device)
         self.model.eval()
@@ -87,31 +74,41 @@ class LRTLM(LM):
                 positions = torch.arange(len(tokens) - 1 - n, len(tokens) - 1, device=device)
                 targets = torch.tensor(tokens[-n:], device=device)
                 picked = logprobs[row, positions]
-                out.append((picked.gather(1, targets[:, None]).sum().item(), bool((picked.argmax(-1) == targets).all())))
+                out.append(
+                    (picked.gather(1, targets[:, None]).sum().item(), bool((picked.argmax(-1) == targets).all()))
+                )
         return out
 
     def _row(self, context_tokens: list[int], continuation: list[int]) -> tuple[list[int], int]:
         """<|bos|> + context + continuation, the oldest context dropped to fit the window."""
         tokens = [self.bos] + context_tokens + continuation
-        return tokens[-(self.window + 1):], len(continuation)
+        return tokens[-(self.window + 1) :], len(continuation)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         rows = []
         for context, continuation in (r.args for r in requests):
             whole = self.tokenizer.encode(context + continuation)
             context_tokens = self.tokenizer.encode(context)
-            rows.append(self._row(context_tokens, whole[len(context_tokens):]))
+            rows.append(self._row(context_tokens, whole[len(context_tokens) :]))
         return self._scores(rows)
 
     def loglikelihood_rolling(self, requests) -> list[float]:
         out = []
         for (text,) in (r.args for r in requests):
             # windows one shorter than the model's, for the <|bos|> that starts each one read after the first
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                self.tokenizer.encode(text), prefix_token=self.bos, max_seq_len=self.window - 1, context_len=1)]
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    self.tokenizer.encode(text), prefix_token=self.bos, max_seq_len=self.window - 1, context_len=1
+                )
+            ]
             # each window is read as a document of its own: <|bos|> starts it (the first one's is the prefix)
-            rows = [(context + predicted, len(predicted)) if context and context[0] == self.bos
-                    else ([self.bos] + context + predicted, len(predicted)) for context, predicted in windows]
+            rows = [
+                (context + predicted, len(predicted))
+                if context and context[0] == self.bos
+                else ([self.bos] + context + predicted, len(predicted))
+                for context, predicted in windows
+            ]
             out.append(sum(score for score, _ in self._scores(rows)))
         return out
 
@@ -124,7 +121,7 @@ class LRTLM(LM):
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             n = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
-            prompt = ([self.bos] + self.tokenizer.encode(context))[-max(1, self.window - n):]
+            prompt = ([self.bos] + self.tokenizer.encode(context))[-max(1, self.window - n) :]
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
             jobs.append((index, prompt, until, n, temperature))
         out = [""] * len(jobs)
@@ -134,8 +131,14 @@ class LRTLM(LM):
         for (n, temperature), group in groups.items():
             for start in range(0, len(group), self.batch_size):
                 batch = group[start : start + self.batch_size]
-                generated = generate(self.model, [prompt for _, prompt, *_ in batch], n, memory=self.memory,
-                                     temperature=temperature, stop_token=self.bos).tokens
+                generated = generate(
+                    self.model,
+                    [prompt for _, prompt, *_ in batch],
+                    n,
+                    memory=self.memory,
+                    temperature=temperature,
+                    stop_token=self.bos,
+                ).tokens
                 for (index, _, until, *_), tokens in zip(batch, generated):
                     text = self.tokenizer.decode(tokens)
                     cuts = [text.find(s) for s in until if s and s in text]
@@ -143,9 +146,18 @@ class LRTLM(LM):
         return out
 
 
-def evaluate(pretrained: str, *, tasks: list[str], memory: str = "exact", include_path: str | None = None,
-             limit: int | None = None, batch_size: int = 8, num_fewshot: int | None = None, device: str = "auto",
-             log_samples: bool = False) -> dict:
+def evaluate(
+    pretrained: str,
+    *,
+    tasks: list[str],
+    memory: str = "exact",
+    include_path: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    num_fewshot: int | None = None,
+    device: str = "auto",
+    log_samples: bool = False,
+) -> dict:
     """lm_eval.simple_evaluate with the lrt model (the route of `lrt eval harness`)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -153,11 +165,14 @@ def evaluate(pretrained: str, *, tasks: list[str], memory: str = "exact", includ
     manager = TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
     if unknown:
-        raise ValueError(f"unknown lm-eval task(s): {', '.join(unknown)} (a name lm-eval knows, one from "
-                         "--include-path, or a task YAML)")
+        raise ValueError(
+            f"unknown lm-eval task(s): {', '.join(unknown)} (a name lm-eval knows, one from "
+            "--include-path, or a task YAML)"
+        )
     model = LRTLM(pretrained, memory=memory, batch_size=batch_size, device=device)
-    return simple_evaluate(model=model, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-                           log_samples=log_samples)
+    return simple_evaluate(
+        model=model, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager, log_samples=log_samples
+    )
 
 
 def table(results: dict) -> str:
@@ -168,5 +183,6 @@ def table(results: dict) -> str:
 
 def summary(results: dict) -> dict:
     """The JSON-able numbers of an evaluation."""
-    return json.loads(json.dumps({k: results[k] for k in ("results", "versions", "n-shot") if k in results},
-                                 default=str))
+    return json.loads(
+        json.dumps({k: results[k] for k in ("results", "versions", "n-shot") if k in results}, default=str)
+    )

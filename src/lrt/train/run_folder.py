@@ -58,5 +58,7 @@ class RunFolder:
         own = resumed_from is not None and self.path.resolve() == resumed_from.resolve()
         if not own and holds_a_run(self.path):
             hint = f"resume it with --resume {self.path}" if resumed_from is None else "give an empty --out to fork"
-            raise ValueError(f"{self.path} holds another run (checkpoints, metrics.jsonl or train_config.json): "
-                             f"{hint}, or choose another --out")
+            raise ValueError(
+                f"{self.path} holds another run (checkpoints, metrics.jsonl or train_config.json): "
+                f"{hint}, or choose another --out"
+            )

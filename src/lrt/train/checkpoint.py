@@ -30,11 +30,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import LRTConfig
-from .model import LRT
-from .runtime import resolve_device
-from .tokenizer import BPETokenizer, Tokenizer, tokenizer_from_reference
-from .train_config import TrainConfig
+from ..config import LRTConfig
+from ..data.tokenizer import BPETokenizer, Tokenizer, tokenizer_from_reference
+from ..model import LRT
+from ..runtime import resolve_device
+from .config import TrainConfig
 
 FORMAT = "lrt-checkpoint-1"
 
@@ -93,7 +93,8 @@ CHECKPOINT_NAME = re.compile(r"step_\d{6,}")
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name))
+    found = [p for p in root.glob("step_*") if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(p.name[len("step_") :]))  # by step: step_1000000 after step_999999
 
 
 def recover(run_dir: Path) -> None:
@@ -121,9 +122,20 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir, step: int, model, *, tokenizer, meta: dict, state: dict, keep: int = 3,
-                    weights: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the checkpoint of `step` atomically and prune all but the newest `keep`.
+def save_checkpoint(
+    run_dir,
+    step: int,
+    model,
+    *,
+    tokenizer,
+    meta: dict,
+    state: dict,
+    keep: int = 3,
+    weights: dict[str, torch.Tensor] | None = None,
+    kept: frozenset[int] = frozenset(),
+) -> Path:
+    """Write the checkpoint of `step` atomically and prune all but the newest `keep` (the steps
+    in `kept` are never pruned, nor counted).
     `meta` is plain JSON; `state` may hold tensors anywhere in it; `weights` is the model's full
     state dict where the caller gathered it (a sharded model), else model.state_dict(). Refuses
     non-finite weights."""
@@ -165,8 +177,13 @@ def save_checkpoint(run_dir, step: int, model, *, tokenizer, meta: dict, state: 
     else:
         tmp.rename(final)
     _fsync(final.parent)  # the renames themselves reach the disk
-    for stale in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(stale)
+    prunable = [p for p in list_checkpoints(run_dir) if int(p.name[len("step_") :]) not in kept]
+    for stale in prunable[:-keep]:
+        # renamed first: a save killed while deleting leaves a `.tmp` (tidied by recover), never a torn step_*
+        doomed = stale.with_name(stale.name + ".tmp")
+        shutil.rmtree(doomed, ignore_errors=True)
+        stale.rename(doomed)
+        shutil.rmtree(doomed)
     return final
 
 
@@ -208,13 +225,19 @@ def load_model(path, device: str | torch.device = "cpu", attention: str = "auto"
     if not record.get("tokenizer"):
         raise ValueError(f"checkpoint {path} names no tokenizer")
     tokenizer = tokenizer_from_reference(record["tokenizer"], path)
+    model = _assemble(config, load_weights(path), attention, f"checkpoint {path}: weights do not match its config")
+    return model.to(device), tokenizer, record
+
+
+def _assemble(config: LRTConfig, weights: dict[str, torch.Tensor], attention: str, mismatch: str) -> LRT:
+    """The model of `config` holding `weights`; built on the meta device, so no memory goes to
+    initial weights that are replaced at once."""
     model = LRT(config, attention=attention, device="meta")
-    weights = load_weights(path)
     try:
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as e:
-        raise ValueError(f"checkpoint {path}: weights do not match its config ({str(e).splitlines()[0]})") from None
-    return model.to(device), tokenizer, record
+        raise ValueError(f"{mismatch} ({str(e).splitlines()[0]})") from None
+    return model
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -234,19 +257,39 @@ def load_train_state(path: Path, record: dict) -> dict:
 
 
 @dataclass
-class Run:
+class Trained:
     """A trained model as the evaluation commands need it."""
 
-    path: Path  # the checkpoint folder
+    path: Path  # the checkpoint folder, or the exported folder
     model: LRT
     tokenizer: Tokenizer
-    record: dict  # checkpoint.json
-    train_config: TrainConfig  # how it was trained (its schedule is the `parallel` memory's default)
+    record: dict  # checkpoint.json; an export's config.json
+    train_config: TrainConfig | None  # how it was trained; an export does not say
+
+    @property
+    def schedule(self) -> str | None:
+        """The training schedule, what a bare `parallel` memory reads with; None for an export."""
+        return None if self.train_config is None else self.train_config.schedule
 
 
-def load_run(path, device: str = "auto") -> Run:
-    """The newest checkpoint of a run folder, or a checkpoint folder, on `device` ("auto": a GPU
-    where there is one)."""
+def load_run(path, device: str = "auto") -> Trained:
+    """The trained model of a run folder (its newest checkpoint), a checkpoint folder, or a folder
+    `lrt export hf` wrote, on `device` ("auto": a GPU where there is one)."""
+    path = Path(path)
+    if (path / "config.json").is_file():  # an export; a checkpoint holds checkpoint.json instead
+        return _load_export(path, resolve_device(device))
     path = resolve(path)
     model, tokenizer, record = load_model(path, resolve_device(device))
-    return Run(path, model, tokenizer, record, TrainConfig.from_dict(record.get("train_config", {})))
+    return Trained(path, model, tokenizer, record, TrainConfig.from_dict(record.get("train_config", {})))
+
+
+def _load_export(path: Path, device: torch.device) -> Trained:
+    """An exported Hugging Face folder, read without transformers: the 'lrt' section of its
+    config.json, its weights under the wrapper's 'model.' prefix, and its tokenizer.json."""
+    config = json.loads((path / "config.json").read_text())
+    if config.get("model_type") != "lrt" or not config.get("lrt"):
+        raise ValueError(f"{path} is not an LRT export (config.json has no model_type 'lrt' and 'lrt' section)")
+    lrt_config = LRTConfig.from_dict(config["lrt"])
+    weights = {k.removeprefix("model."): v for k, v in load_file(path / "model.safetensors").items()}
+    model = _assemble(lrt_config, weights, "auto", f"{path}: the weights do not match config.json")
+    return Trained(path, model.to(device), BPETokenizer.load(path / "tokenizer.json"), config, None)

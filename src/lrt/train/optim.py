@@ -14,15 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import check_int, check_number, option
+from ..config import check_int, check_number, option
 
 OPTIMIZERS = ("auto", "muon", "adamw")
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = option("auto", "auto (muon on GPUs, adamw on CPUs), muon (Muon + AdamW) or adamw",
-                            choices=OPTIMIZERS)
+    optimizer: str = option(
+        "auto", "auto (muon on GPUs, adamw on CPUs), muon (Muon + AdamW) or adamw", choices=OPTIMIZERS
+    )
     matrix_lr: float = option(0.02, "Muon learning rate of the hidden matrices")
     embedding_lr: float = option(0.2, "AdamW rate of the embeddings (muon)")
     unembedding_lr: float = option(0.004, "AdamW rate of the LM head (muon)")
@@ -78,7 +79,9 @@ def build_optimizers(model, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
 def _optimizers(model, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
     groups = parameter_groups(model)
     if optimizer_kinds(cfg, next(model.parameters()).device) == ["AdamW"]:
-        return [torch.optim.AdamW(model.parameters(), lr=cfg.adamw_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)]
+        return [
+            torch.optim.AdamW(model.parameters(), lr=cfg.adamw_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        ]
     scale = (model.config.n_embd / 768) ** -0.5
     adam_groups = [
         dict(params=groups["embedding"], lr=cfg.embedding_lr * scale),

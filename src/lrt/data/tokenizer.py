@@ -127,11 +127,11 @@ class TextStream:
         self.tokens.append(token)
         text = self.tokenizer.decode(self.tokens)
         if not text.endswith("\ufffd"):
-            print(text[len(self.printed):], end="", flush=True)
+            print(text[len(self.printed) :], end="", flush=True)
             self.printed = text
 
     def close(self) -> None:
-        print(self.tokenizer.decode(self.tokens)[len(self.printed):])
+        print(self.tokenizer.decode(self.tokens)[len(self.printed) :])
 
 
 def load_tokenizer(spec: str | Path) -> Tokenizer:

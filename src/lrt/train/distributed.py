@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .runtime import resolve_device
+from ..runtime import resolve_device
 
 PARALLEL = ("auto", "none", "ddp", "fsdp")
 BACKENDS = ("auto", "nccl", "gloo")
@@ -125,8 +125,11 @@ def wrap(model, mode: str, device: torch.device, bf16: bool, unused_parameters: 
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                   find_unused_parameters=unused_parameters)
+        return DDP(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=unused_parameters,
+        )
     if mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -7,12 +7,13 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from .attention import ATTENTION_CHOICES, check_attention
-from .config import LRTConfig, check_int, option
+from ..attention import ATTENTION_CHOICES, check_attention
+from ..budget import tokens_per_step
+from ..config import LRTConfig, check_int, option
+from ..presets import PRESET_NAMES, get_preset
+from ..schedules import SCHEDULE_SPECS, Schedule, parse_schedule
 from .distributed import BACKENDS, PARALLEL
 from .optim import OptimConfig
-from .presets import PRESET_NAMES, get_preset
-from .schedules import SCHEDULE_SPECS, Schedule, parse_schedule
 
 DTYPES = ("float32", "bfloat16")
 
@@ -32,25 +33,41 @@ class TrainConfig:
     grad_accum: int = option(1, "micro-batches per step")
     optim: OptimConfig = field(default_factory=OptimConfig)
     dtype: str = option("float32", "float32 or bfloat16 (autocast)", choices=DTYPES)
-    total_batch_size: int | None = option(None, "tokens per optimizer step over all ranks: gradient accumulation "
-                                                "is derived (world size x batch size x sequence length must divide it)")
+    total_batch_size: int | None = option(
+        None,
+        "tokens per optimizer step over all ranks: gradient accumulation "
+        "is derived (world size x batch size x sequence length must divide it)",
+    )
     compile: bool = option(False, "torch.compile each block (regional compilation)")
-    activation_checkpointing: bool = option(False, "recompute each block in backward instead of keeping its "
-                                                   "activations (less memory, about a third more compute)")
+    activation_checkpointing: bool = option(
+        False,
+        "recompute each block in backward instead of keeping its activations (less memory, about a third more compute)",
+    )
     device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ... (under torchrun: the local GPU)")
-    parallel: str = option("auto", "under torchrun: ddp (the default) or fsdp (FSDP2, per block then the root)",
-                           choices=PARALLEL)
-    backend: str = option("auto", "process group under torchrun: auto (nccl on GPUs, gloo on CPUs), nccl or gloo",
-                          choices=BACKENDS)
-    attention: str = option("auto", "subset-pass attention: auto (flex on CUDA, else sdpa), sdpa or flex",
-                            choices=ATTENTION_CHOICES)
+    parallel: str = option(
+        "auto", "under torchrun: ddp (the default) or fsdp (FSDP2, per block then the root)", choices=PARALLEL
+    )
+    backend: str = option(
+        "auto", "process group under torchrun: auto (nccl on GPUs, gloo on CPUs), nccl or gloo", choices=BACKENDS
+    )
+    attention: str = option(
+        "auto", "subset-pass attention: auto (flex on CUDA, else sdpa), sdpa or flex", choices=ATTENTION_CHOICES
+    )
     eval_every: int = option(100, "steps between validations")
     eval_tokens: int = option(65536, "validation tokens")
     final_decode: bool = option(True, "the exact-memory validation BPB at the end of an LRT run")
-    exact_at: list[int] = field(default_factory=list, metadata={
-        "help": "steps whose validation also reads with exact memory (the decoding BPB; lrt study's budgets)"})
+    exact_at: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "steps whose validation also reads with exact memory (the decoding BPB; lrt study's budgets)"
+        },
+    )
     save_every: int = option(0, "steps between checkpoints (0: at the end only)")
-    keep: int = option(3, "checkpoints kept")
+    save_at: list[int] = field(
+        default_factory=list,
+        metadata={"help": "steps that also save a checkpoint, kept whatever --keep says (lrt study's branch points)"},
+    )
+    keep: int = option(3, "checkpoints kept (besides those of --save-at)")
     seed: int = option(0, "random seed")
 
     def __post_init__(self):
@@ -67,8 +84,10 @@ class TrainConfig:
         for name in ("out", "tokenizer", "preset", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        if not isinstance(self.exact_at, list) or not all(isinstance(s, int) and s >= 1 for s in self.exact_at):
-            raise ValueError(f"exact_at must be a list of steps >= 1, got {self.exact_at!r}")
+        for name in ("exact_at", "save_at"):
+            steps = getattr(self, name)
+            if not isinstance(steps, list) or not all(isinstance(s, int) and s >= 1 for s in steps):
+                raise ValueError(f"{name} must be a list of steps >= 1, got {steps!r}")
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a dict of LRTConfig overrides, got {self.model!r}")
         for name in ("vocab_size", "bos_id"):
@@ -103,15 +122,28 @@ class TrainConfig:
         """Micro-batches per optimizer step: grad_accum, or what total_batch_size makes it."""
         if self.total_batch_size is None:
             return self.grad_accum
-        per_micro = world_size * self.batch_size * seq_len
+        per_micro = tokens_per_step(world_size=world_size, batch_size=self.batch_size, accumulation=1, seq_len=seq_len)
         if self.total_batch_size % per_micro:
-            raise ValueError(f"--total-batch-size {self.total_batch_size} is not a multiple of world size {world_size} "
-                             f"x batch size {self.batch_size} x sequence length {seq_len} = {per_micro} tokens")
+            raise ValueError(
+                f"--total-batch-size {self.total_batch_size} is not a multiple of world size {world_size} "
+                f"x batch size {self.batch_size} x sequence length {seq_len} = {per_micro} tokens"
+            )
         accumulation = self.total_batch_size // per_micro
         if self.grad_accum not in (1, accumulation):
-            raise ValueError(f"--grad-accum {self.grad_accum} contradicts --total-batch-size, which makes it "
-                             f"{accumulation}: give one of them")
+            raise ValueError(
+                f"--grad-accum {self.grad_accum} contradicts --total-batch-size, which makes it "
+                f"{accumulation}: give one of them"
+            )
         return accumulation
+
+    def tokens_per_step(self, world_size: int, seq_len: int) -> int:
+        """Tokens per optimizer step over all ranks (lrt.budget.tokens_per_step)."""
+        return tokens_per_step(
+            world_size=world_size,
+            batch_size=self.batch_size,
+            accumulation=self.accumulation(world_size, seq_len),
+            seq_len=seq_len,
+        )
 
     def make_schedule(self) -> Schedule:
         return parse_schedule(self.schedule)

@@ -20,14 +20,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import resolve_attention
-from .config import LRTConfig
-from .decoding import prefill
-from .flops import decode_floor, training_flops_per_sequence
-from .model import LRT, compile_model, parameter_counts
-from .optim import OptimConfig, build_optimizers
-from .presets import VARIANTS, get_preset
-from .schedules import Baseline, parse_schedule
+from ..attention import resolve_attention
+from ..budget import Arm, baseline_of
+from ..config import LRTConfig
+from ..decoding import Decoder, prefill
+from ..flops import decode_floor
+from ..model import LRT, compile_model, parameter_counts
+from ..presets import VARIANTS, get_preset
+from ..schedules import parse_schedule
+from ..train.optim import OptimConfig, build_optimizers
 
 # the schedules `lrt bench train` compares by default (spec strings; any others may be given)
 TRAIN_SCHEDULES = ("baseline", "interleaved:2", "interleaved:4", "multirefine:1", "chunked:64")
@@ -113,10 +114,22 @@ def known_peak_tflops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
-def bench_train(config: str = "small", *, schedules: list[str] | None = None, repeats: int = 5, warmup: int = 1,
-                batch: int | None = None, seq_len: int | None = None, dtype: str = "float32", device: str = "cpu",
-                compile: bool = False, attention: str = "auto", activation_checkpointing: bool = False,
-                peak_tflops: float | None = None, progress=print) -> dict:
+def bench_train(
+    config: str = "small",
+    *,
+    schedules: list[str] | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    batch: int | None = None,
+    seq_len: int | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    compile: bool = False,
+    attention: str = "auto",
+    activation_checkpointing: bool = False,
+    peak_tflops: float | None = None,
+    progress=print,
+) -> dict:
     """Forward+backward and step time, FLOP ratio and memory of each schedule (spec strings; the
     baseline is always measured), in rounds that alternate between them."""
     names = [parse_schedule(n).spec for n in (schedules or TRAIN_SCHEDULES)]
@@ -127,19 +140,25 @@ def bench_train(config: str = "small", *, schedules: list[str] | None = None, re
     lrt_config, default_batch = bench_config(config, **({"sequence_len": seq_len} if seq_len else {}))
     batch = batch or default_batch
     T = lrt_config.sequence_len
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16"
-                else contextlib.nullcontext())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, lrt_config.vocab_size, (batch, T + 1), generator=g).to(device)
     x, y = data[:, :-1], data[:, 1:]
     runs = {}
     for name in names:
-        cfg = LRTConfig(**{**lrt_config.to_dict(), **VARIANTS["baseline"]}) if name == "baseline" else lrt_config
+        cfg = baseline_of(lrt_config) if name == "baseline" else lrt_config
         torch.manual_seed(0)
         model = LRT(cfg, attention=attention, activation_checkpointing=activation_checkpointing, device=device)
         forward = compile_model(model) if compile else model
-        runs[name] = dict(model=model, forward=forward, schedule=parse_schedule(name),
-                          optimizers=build_optimizers(model, OptimConfig()), fb=[], step=[], first=None)
+        runs[name] = dict(
+            model=model,
+            forward=forward,
+            schedule=parse_schedule(name),
+            optimizers=build_optimizers(model, OptimConfig()),
+            fb=[],
+            step=[],
+            first=None,
+        )
 
     def loss_of(run):
         with autocast:
@@ -168,16 +187,16 @@ def bench_train(config: str = "small", *, schedules: list[str] | None = None, re
         if progress:
             progress(f"round {round_ + 1}/{warmup + repeats}" + (" (warmup)" if round_ < warmup else ""))
 
-    base_flops = training_flops_per_sequence(runs["baseline"]["model"].config, Baseline(), T) * batch
     results = {}
     for name, run in runs.items():
         model = run["model"]
-        flops = training_flops_per_sequence(model.config, run["schedule"], T) * batch
+        arm = Arm(model.config, run["schedule"], tokens_per_step=batch * T)  # one step of one process
+        flops = arm.flops_per_step
         results[name] = {
             "forward_backward": Timing(run["fb"]).as_dict(),
             "step": Timing(run["step"]).as_dict(),
             "first_forward_backward": run["first"],
-            "ideal_flop_ratio": flops / base_flops,
+            "ideal_flop_ratio": arm.flop_ratio,
             "params": parameter_counts(model).total,
             "tokens_per_s": batch * T / statistics.median(run["step"]),
             "tflops_per_s": flops / statistics.median(run["step"]) / 1e12,
@@ -192,32 +211,51 @@ def bench_train(config: str = "small", *, schedules: list[str] | None = None, re
         for key in ("activation_bytes", "cuda_peak_bytes"):
             if r.get(key) is not None:
                 r[f"ratio_{key}"] = r[key] / base[key]
-    return {"kind": "train", "config": config, "model": lrt_config.to_dict(), "batch": batch, "seq_len": T,
-            "dtype": dtype, "device": str(device), "device_name": device_name(device), "compile": compile,
-            "activation_checkpointing": activation_checkpointing,
-            "attention": resolve_attention(attention, device), "peak_tflops": peak_tflops, "repeats": repeats,
-            "threads": torch.get_num_threads(), "results": results}
+    return {
+        "kind": "train",
+        "config": config,
+        "model": lrt_config.to_dict(),
+        "batch": batch,
+        "seq_len": T,
+        "dtype": dtype,
+        "device": str(device),
+        "device_name": device_name(device),
+        "compile": compile,
+        "activation_checkpointing": activation_checkpointing,
+        "attention": resolve_attention(attention, device),
+        "peak_tflops": peak_tflops,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "results": results,
+    }
 
 
 def format_train(report: dict) -> str:
     m, results = report["model"], report["results"]
-    has = {key: any(r.get(key) is not None for r in results.values())
-           for key in ("activation_bytes", "cuda_peak_bytes", "mfu")}
+    has = {
+        key: any(r.get(key) is not None for r in results.values())
+        for key in ("activation_bytes", "cuda_peak_bytes", "mfu")
+    }
     header = f"{'schedule':<18}{'fwd+bwd ms':>19}{'x':>6}{'step ms':>19}{'x':>6}{'ideal':>7}{'tok/s':>10}"
     header += f"{'act MB':>9}{'x':>6}" if has["activation_bytes"] else ""
     header += f"{'peak MB':>9}{'x':>6}" if has["cuda_peak_bytes"] else ""
     header += f"{'MFU':>7}" if has["mfu"] else ""
-    lines = [f"lrt bench train: config {report['config']} (d={m['n_embd']}, {m['n_layer']} layers, T={report['seq_len']}, "
-             f"batch {report['batch']}), {report['dtype']}, {report['device_name']}, {report['threads']} threads, "
-             f"attention {report['attention']}{', compiled per block' if report['compile'] else ''}"
-             f"{', activation checkpointing' if report.get('activation_checkpointing') else ''}, "
-             f"{report['repeats']} rounds",
-             header]
+    lines = [
+        f"lrt bench train: config {report['config']} (d={m['n_embd']}, {m['n_layer']} layers, T={report['seq_len']}, "
+        f"batch {report['batch']}), {report['dtype']}, {report['device_name']}, {report['threads']} threads, "
+        f"attention {report['attention']}{', compiled per block' if report['compile'] else ''}"
+        f"{', activation checkpointing' if report.get('activation_checkpointing') else ''}, "
+        f"{report['repeats']} rounds",
+        header,
+    ]
     for name, r in results.items():
         row = f"{name:<18}"
         for key in ("forward_backward", "step"):
             t = r[key]
-            row += f"{1e3 * t['median']:>8.1f} ({1e3 * t['min']:.0f}-{1e3 * t['max']:.0f})".rjust(19) + f"{r[f'ratio_{key}']:>6.2f}"
+            row += (
+                f"{1e3 * t['median']:>8.1f} ({1e3 * t['min']:.0f}-{1e3 * t['max']:.0f})".rjust(19)
+                + f"{r[f'ratio_{key}']:>6.2f}"
+            )
         row += f"{r['ideal_flop_ratio']:>7.2f}{r['tokens_per_s']:>10.0f}"
         for key in ("activation_bytes", "cuda_peak_bytes"):
             if has[key]:
@@ -226,20 +264,34 @@ def format_train(report: dict) -> str:
             row += f"{100 * r['mfu']:>6.1f}%"
         lines.append(row)
     if report["compile"]:
-        lines.append("first forward+backward (compiling included): "
-                     + ", ".join(f"{name} {r['first_forward_backward']:.1f} s" for name, r in results.items()))
-    lines.append("x: median over rounds of time / the baseline's time in the same round; ideal: FLOP ratio of the "
-                 "schedule's passes; act: bytes saved for backward; peak: CUDA allocator peak during fwd+bwd"
-                 + (f"; MFU against {report['peak_tflops']:.0f} TFLOP/s" if has["mfu"] else ""))
+        lines.append(
+            "first forward+backward (compiling included): "
+            + ", ".join(f"{name} {r['first_forward_backward']:.1f} s" for name, r in results.items())
+        )
+    lines.append(
+        "x: median over rounds of time / the baseline's time in the same round; ideal: FLOP ratio of the "
+        "schedule's passes; act: bytes saved for backward; peak: CUDA allocator peak during fwd+bwd"
+        + (f"; MFU against {report['peak_tflops']:.0f} TFLOP/s" if has["mfu"] else "")
+    )
     return "\n".join(lines)
 
 
-def bench_decode(config: str = "wide", *, batches: tuple[int, ...] = (1, 8), tokens: int = 64, prompt_len: int = 64,
-                 repeats: int = 5, device: str = "cpu", dtype: str = "float32", compile: bool = False,
-                 variants: tuple[str, ...] = tuple(VARIANTS), progress=print) -> dict:
+def bench_decode(
+    config: str = "wide",
+    *,
+    batches: tuple[int, ...] = (1, 8),
+    tokens: int = 64,
+    prompt_len: int = 64,
+    repeats: int = 5,
+    device: str = "cpu",
+    dtype: str = "float32",
+    compile: bool = False,
+    variants: tuple[str, ...] = tuple(VARIANTS),
+    progress=print,
+) -> dict:
     """Per-token latency of each variant (names in VARIANTS, the baseline always among them) at
     each batch size, eager (the dynamic step) and, with `compile`, the compiled static step
-    (decoding.compile_decoding); each variant's arithmetic floor; and prefill time of each prompt
+    (a compiling decoding.Decoder); each variant's arithmetic floor; and prefill time of each prompt
     memory (PREFILL_MEMORIES) with the first LRT variant."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -249,29 +301,29 @@ def bench_decode(config: str = "wide", *, batches: tuple[int, ...] = (1, 8), tok
     names = ["baseline", *(v for v in VARIANTS if v in variants and v != "baseline")]
     configs = {name: LRTConfig(**{**lrt_config.to_dict(), **VARIANTS[name]}) for name in names}
     modes = ("eager", "compiled") if compile else ("eager",)
-    models = {}
+    decoders = {}
     for mode in modes:
         for name, variant in configs.items():
             torch.manual_seed(0)
             model = LRT(variant, device=device)
             if dtype == "bfloat16":
                 model.to(torch.bfloat16)
-            models[(mode, name)] = model.compile_decoding() if mode == "compiled" else model
+            decoders[(mode, name)] = Decoder(model, compile=mode == "compiled")
     g = torch.Generator().manual_seed(0)
-    samples = {(key, b): [] for key in models for b in batches}
+    samples = {(key, b): [] for key in decoders for b in batches}
     first_step = {}  # (model, batch) -> seconds of its first step: a compiled one compiles there
     for round_ in range(1 + repeats):
         for b in batches:
             prompts = torch.randint(0, lrt_config.vocab_size, (b, prompt_len), generator=g).tolist()
             states, next_tokens = {}, {}
-            for key, model in models.items():
-                pre = prefill(model, prompts, prompt_len + tokens + 1)
+            for key, decoder in decoders.items():
+                pre = decoder.prefill(prompts, prompt_len + tokens + 1)
                 states[key], next_tokens[key] = pre.state, pre.logits.argmax(-1)
             # token by token, the models take turns, so a slow moment of the machine hits all of them
             for _ in range(tokens):
-                for key, model in models.items():
+                for key, decoder in decoders.items():
                     t0 = time.perf_counter()
-                    next_tokens[key] = model.step(next_tokens[key], states[key]).argmax(-1)
+                    next_tokens[key] = decoder.step(next_tokens[key], states[key]).argmax(-1)
                     _sync(device)
                     if round_ > 0:  # round 0 warms up (and compiles)
                         samples[(key, b)].append(time.perf_counter() - t0)
@@ -283,23 +335,44 @@ def bench_decode(config: str = "wide", *, batches: tuple[int, ...] = (1, 8), tok
     per_token = {}
     for b in batches:
         rows = per_token[str(b)] = {}
-        for mode, name in models:
+        for mode, name in decoders:
             median = statistics.median(samples[((mode, name), b)])
             floor = decode_floor(configs["baseline"], configs[name], b, prompt_len + tokens // 2, element_bytes)
             rows[f"{name} {mode}" if compile else name] = {
-                **Timing(samples[((mode, name), b)]).as_dict(), "mode": mode,
+                **Timing(samples[((mode, name), b)]).as_dict(),
+                "mode": mode,
                 "overhead": median / statistics.median(samples[((mode, "baseline"), b)]) - 1,
                 "speedup": statistics.median(samples[(("eager", name), b)]) / median,
-                "floor": max(floor.values()), "floor_bytes": floor["bytes"], "floor_flops": floor["flops"],
-                "first_step": first_step[((mode, name), b)]}
+                "floor": max(floor.values()),
+                "floor_bytes": floor["bytes"],
+                "floor_flops": floor["flops"],
+                "first_step": first_step[((mode, name), b)],
+            }
     # prefill: each memory on one prompt batch, with an LRT model (its memory is what they differ in)
     lrt_name = next((name for name in names if name != "baseline"), None)
-    prefill_times = {} if lrt_name is None else time_prefill(models[("eager", lrt_name)], batch=batches[-1], prompt_len=prompt_len,
-                                                             repeats=repeats, generator=g)
-    return {"kind": "decode", "config": config, "model": lrt_config.to_dict(), "tokens": tokens, "prompt_len": prompt_len,
-            "device": str(device), "dtype": dtype, "repeats": repeats, "threads": torch.get_num_threads(),
-            "compile": compile, "per_token": per_token, "prefill": prefill_times, "prefill_batch": batches[-1],
-            "prefill_model": lrt_name}
+    prefill_times = (
+        {}
+        if lrt_name is None
+        else time_prefill(
+            decoders[("eager", lrt_name)].model, batch=batches[-1], prompt_len=prompt_len, repeats=repeats, generator=g
+        )
+    )
+    return {
+        "kind": "decode",
+        "config": config,
+        "model": lrt_config.to_dict(),
+        "tokens": tokens,
+        "prompt_len": prompt_len,
+        "device": str(device),
+        "dtype": dtype,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "compile": compile,
+        "per_token": per_token,
+        "prefill": prefill_times,
+        "prefill_batch": batches[-1],
+        "prefill_model": lrt_name,
+    }
 
 
 def time_prefill(model, *, batch: int, prompt_len: int, repeats: int, generator) -> dict:
@@ -324,24 +397,37 @@ def time_prefill(model, *, batch: int, prompt_len: int, repeats: int, generator)
 
 def format_decode(report: dict) -> str:
     m = report["model"]
-    lines = [f"lrt bench decode: config {report['config']} (d={m['n_embd']}, {m['n_layer']} layers, vocab {m['vocab_size']}), "
-             f"{report['dtype']}, {report['device']}, {report['threads']} threads; {report['tokens']} tokens after a "
-             f"{report['prompt_len']}-token prompt, {report['repeats']} rounds",
-             f"{'batch':<7}{'model':<24}{'ms/token':>10}{'min-max':>16}{'overhead':>10}{'floor':>8}{'gap':>8}"
-             f"{'vs eager':>10}"]
+    lines = [
+        f"lrt bench decode: config {report['config']} "
+        f"(d={m['n_embd']}, {m['n_layer']} layers, vocab {m['vocab_size']}), "
+        f"{report['dtype']}, {report['device']}, {report['threads']} threads; {report['tokens']} tokens after a "
+        f"{report['prompt_len']}-token prompt, {report['repeats']} rounds",
+        f"{'batch':<7}{'model':<24}{'ms/token':>10}{'min-max':>16}{'overhead':>10}{'floor':>8}{'gap':>8}"
+        f"{'vs eager':>10}",
+    ]
     for b, rows in report["per_token"].items():
         for name, r in rows.items():
             spread = f"{1e3 * r['min']:.2f}-{1e3 * r['max']:.2f}"
-            lines.append(f"{b:<7}{name:<24}{1e3 * r['median']:>10.3f}{spread:>16}{100 * r['overhead']:>+9.1f}%"
-                         f"{100 * r['floor']:>+7.1f}%{100 * (r['overhead'] - r['floor']):>+7.1f}%{r['speedup']:>9.2f}x")
+            lines.append(
+                f"{b:<7}{name:<24}{1e3 * r['median']:>10.3f}{spread:>16}{100 * r['overhead']:>+9.1f}%"
+                f"{100 * r['floor']:>+7.1f}%{100 * (r['overhead'] - r['floor']):>+7.1f}%{r['speedup']:>9.2f}x"
+            )
     if report["compile"]:
-        firsts = [r["first_step"] for rows in report["per_token"].values() for r in rows.values() if r["mode"] == "compiled"]
-        lines.append(f"compiling: the first compiled step of a model and batch size took {min(firsts):.1f}-{max(firsts):.1f} s")
-    lines.append("overhead: over the baseline of the same mode; floor: the pathway's extra share of the bytes read "
-                 "and FLOPs per token (the larger); gap: overhead - floor; vs eager: the eager step's time / this one's")
+        firsts = [
+            r["first_step"] for rows in report["per_token"].values() for r in rows.values() if r["mode"] == "compiled"
+        ]
+        lines.append(
+            f"compiling: the first compiled step of a model and batch size took {min(firsts):.1f}-{max(firsts):.1f} s"
+        )
+    lines.append(
+        "overhead: over the baseline of the same mode; floor: the pathway's extra share of the bytes read "
+        "and FLOPs per token (the larger); gap: overhead - floor; vs eager: the eager step's time / this one's"
+    )
     if report["prefill"]:
-        lines.append(f"prefill of {report['prefill_batch']} x {report['prompt_len']} tokens "
-                     f"({report.get('prefill_model', 'LRT-shared')}):")
+        lines.append(
+            f"prefill of {report['prefill_batch']} x {report['prompt_len']} tokens "
+            f"({report.get('prefill_model', 'LRT-shared')}):"
+        )
     for memory, r in report["prefill"].items():
         lines.append(f"  {memory:<24}{1e3 * r['median']:>9.1f} ms  ({r['forwards']} forward calls)")
     return "\n".join(lines)
