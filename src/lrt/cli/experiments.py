@@ -189,7 +189,7 @@ def add_commands(sub) -> None:
     device_and_json(b)
     b.set_defaults(run=cmd_bench_decode)
 
-    p = sub.add_parser("demo", help="train a small LRT and its baseline on the bundled corpus (CPU, ~6 min)")
+    p = sub.add_parser("demo", help="train a small LRT and its baseline on the bundled corpus (CPU, 8-12 min)")
     add_config_flags(p, DemoSettings)
     p.add_argument("--quick", action="store_true", help="a tiny model for a few seconds (a smoke test)")
     p.add_argument("--json", type=output_file, metavar="PATH", help="also write the report as JSON")
