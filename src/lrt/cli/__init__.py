@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from ..runtime import keep_freed_memory
 from ..train import distributed
@@ -25,6 +26,9 @@ def build_parser() -> Parser:
     return parser
 
 
+SPEAKER_GRACE_S = 3.0
+
+
 def debug() -> bool:
     """LRT_DEBUG=1 (anything but empty or 0) shows tracebacks instead of one-line errors."""
     return os.environ.get("LRT_DEBUG", "0") not in ("", "0")
@@ -39,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     def say(text: str) -> None:
         if speaks:
             print(text, file=sys.stderr)
+        else:  # torchrun stops every rank at the first exit: leave rank 0 the time to print why
+            time.sleep(SPEAKER_GRACE_S)
 
     try:
         args = build_parser().parse_args(argv)
