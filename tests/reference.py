@@ -39,52 +39,58 @@ def reference_logits(model, idx, memory=True):
     for l in range(L):
         full = l == L - 1 or cfg.window_pattern[l % len(cfg.window_pattern)] == "L"
         windows.append(None if full else (cfg.short_window or cfg.sequence_len // 2))
+    S, stack = cfg.latent_thoughts + 1, L * cfg.loops
     out = torch.zeros(idx.shape[0], idx.shape[1], cfg.vocab_size, dtype=torch.float64)
     for b in range(idx.shape[0]):
-        keys = [[] for _ in range(L)]
-        values = [[] for _ in range(L)]
+        keys = [[] for _ in range(stack)]
+        values = [[] for _ in range(stack)]
         m = torch.zeros(d, dtype=torch.float64)
         for t in range(idx.shape[1]):
             tok = int(idx[b, t])
             if cfg.reset_memory_at_bos and tok == cfg.bos_id:
                 m = torch.zeros(d, dtype=torch.float64)  # memory does not cross into a new document
             x = rmsnorm(P["wte.weight"][tok])
-            x0 = x
-            for l in range(L):
-                pre = f"blocks.{l}."
-                if cfg.residual_scalars:
-                    x = P[pre + "resid_scale"] * x + P[pre + "x0_scale"] * x0
-                if l in targets and "residual" in cfg.injection:
-                    x = x + P[pre + "mem_scale"] * m
-                h = rmsnorm(x)
-                q = (P[pre + "attn.c_q.weight"] @ h).view(H, D)
-                k = (P[pre + "attn.c_k.weight"] @ h).view(Hkv, D)
-                v = (P[pre + "attn.c_v.weight"] @ h).view(Hkv, D)
-                if f"value_embeds.{l}.weight" in P:
-                    gate = 2 * torch.sigmoid(P[pre + "attn.ve_gate.weight"] @ h[:c])
-                    v = v + gate[:, None] * P[f"value_embeds.{l}.weight"][tok].view(Hkv, D)
-                if l in targets and "kv" in cfg.injection:
-                    gates = 2 * torch.sigmoid(P[pre + "attn.mem_gate.weight"] @ h[:c])
-                    g_own, g_mem = gates[:Hkv], gates[Hkv:]
-                    W = P["mem_kv.weight"] if cfg.projection == "shared" else P[pre + "attn.mem_kv.weight"]
-                    kv_mem = (W @ m).view(2 * Hkv, D)
-                    k = g_own[:, None] * k + g_mem[:, None] * kv_mem[:Hkv]
-                    v = g_own[:, None] * v + g_mem[:, None] * kv_mem[Hkv:]
-                q, k = rmsnorm(rope(q, t, cfg.rope_base)), rmsnorm(rope(k, t, cfg.rope_base))
-                keys[l].append(k)
-                values[l].append(v)
-                first = 0 if windows[l] is None else max(0, t - windows[l])
-                y = torch.zeros(H, D, dtype=torch.float64)
-                for i in range(H):
-                    g = i // (H // Hkv)
-                    scores = torch.stack([q[i] @ keys[l][j][g] for j in range(first, t + 1)]) / math.sqrt(D)
-                    p = torch.softmax(scores, 0)
-                    y[i] = sum(p[n] * values[l][j][g] for n, j in enumerate(range(first, t + 1)))
-                x = x + P[pre + "attn.c_proj.weight"] @ y.flatten()
-                x = x + P[pre + "mlp.c_proj.weight"] @ torch.relu(P[pre + "mlp.c_fc.weight"] @ rmsnorm(x)).square()
-                if l + 1 == cfg.source_layer:
-                    source = x
-            x = rmsnorm(x)
+            for j in range(S):  # PonderLM-2: the token, then each thought fed the previous slot's output
+                s = t * S + j  # the slot's place in the sequence; RoPE sees the token position t
+                if j:
+                    x = rmsnorm(x)
+                x0 = x
+                for i in range(stack):  # a looped transformer runs the layers `loops` times
+                    l = i % L
+                    pre = f"blocks.{l}."
+                    if cfg.residual_scalars:
+                        x = P[pre + "resid_scale"] * x + P[pre + "x0_scale"] * x0
+                    if l in targets and "residual" in cfg.injection:
+                        x = x + P[pre + "mem_scale"] * m
+                    h = rmsnorm(x)
+                    q = (P[pre + "attn.c_q.weight"] @ h).view(H, D)
+                    k = (P[pre + "attn.c_k.weight"] @ h).view(Hkv, D)
+                    v = (P[pre + "attn.c_v.weight"] @ h).view(Hkv, D)
+                    if f"value_embeds.{l}.weight" in P:
+                        gate = 2 * torch.sigmoid(P[pre + "attn.ve_gate.weight"] @ h[:c])
+                        v = v + gate[:, None] * P[f"value_embeds.{l}.weight"][tok].view(Hkv, D)
+                    if l in targets and "kv" in cfg.injection:
+                        gates = 2 * torch.sigmoid(P[pre + "attn.mem_gate.weight"] @ h[:c])
+                        g_own, g_mem = gates[:Hkv], gates[Hkv:]
+                        W = P["mem_kv.weight"] if cfg.projection == "shared" else P[pre + "attn.mem_kv.weight"]
+                        kv_mem = (W @ m).view(2 * Hkv, D)
+                        k = g_own[:, None] * k + g_mem[:, None] * kv_mem[:Hkv]
+                        v = g_own[:, None] * v + g_mem[:, None] * kv_mem[Hkv:]
+                    q, k = rmsnorm(rope(q, t, cfg.rope_base)), rmsnorm(rope(k, t, cfg.rope_base))
+                    keys[i].append(k)
+                    values[i].append(v)
+                    first = 0 if windows[l] is None else max(0, s - windows[l] * S)
+                    y = torch.zeros(H, D, dtype=torch.float64)
+                    for head in range(H):
+                        g = head // (H // Hkv)
+                        scores = torch.stack([q[head] @ keys[i][u][g] for u in range(first, s + 1)]) / math.sqrt(D)
+                        p = torch.softmax(scores, 0)
+                        y[head] = sum(p[n] * values[i][u][g] for n, u in enumerate(range(first, s + 1)))
+                    x = x + P[pre + "attn.c_proj.weight"] @ y.flatten()
+                    x = x + P[pre + "mlp.c_proj.weight"] @ torch.relu(P[pre + "mlp.c_fc.weight"] @ rmsnorm(x)).square()
+                    if l + 1 == cfg.source_layer:
+                        source = x
+            x = rmsnorm(x)  # the last slot's
             if cfg.source_layer == L:
                 source = x
             logits = P["lm_head.weight"] @ x

@@ -108,3 +108,21 @@ def test_format_train_marks_missing_measurements():
     assert report["attention"] == "sdpa"  # "auto" on a CPU
     text = format_train(report)
     assert "MFU" not in text and "peak MB" not in text  # no GPU: no allocator peak, no MFU
+
+
+def test_bench_and_params_know_the_comparators(capsys):
+    report = bench_decode(
+        "tiny", batches=(1,), tokens=2, prompt_len=4, repeats=1, variants=("loop-2", "PonderLM-2"), progress=None
+    )
+    rows = report["per_token"]["1"]
+    assert list(rows) == ["baseline", "loop-2", "PonderLM-2"] and report["prefill"] == {}
+    assert 0.5 < rows["loop-2"]["floor_flops"] < 1.0 < rows["PonderLM-2"]["floor_flops"] + 0.5  # ~2 forwards a token
+    train = bench_train("tiny", schedules=["baseline"], comparators=("loop-3", "PonderLM-2"), repeats=1, progress=None)
+    ratios = {name: r["ideal_flop_ratio"] for name, r in train["results"].items()}
+    assert ratios["baseline"] == 1.0 and 2.5 < ratios["loop-3"] < 3.0 and ratios["PonderLM-2"] > 5
+    with pytest.raises(ValueError, match="unknown comparator 'loop-9'"):
+        bench_train("tiny", comparators=("loop-9",), progress=None)
+    assert main(["params", "--depth", "4"]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert lines["loop-3"][-1] == "3" and lines["PonderLM-2"][-1] == "2" and lines["baseline"][-1] == "1"
+    assert lines["loop-3"][1] == lines["baseline"][1]  # the same weights, applied again

@@ -93,6 +93,8 @@ def test_a_spec_is_trunks_and_cooldown_branches(tmp_path):
         ("[study]\nbudgets = [1e9]\n[control]\nratios = [1]\n", "[control]"),
         ('[study]\nbudgets = [1e9]\n[referee]\nsteps = 3\nschedules = ["sequential"]\n', "at least two"),
         ("[study]\nbudgets = [1e9]\n[ablation]\n", "unknown table"),
+        ('[study]\nbudgets = [1e9]\n[comparators]\nnames = ["loop-9"]\n', "comparators.names must list some of"),
+        ('[study]\nbudgets = [1e9]\n[comparators]\nnames = ["loop-2"]\nratios = [2e9]\n', "are not budgets"),
         ("[study\n", "not valid TOML"),
     ],
 )
@@ -110,6 +112,69 @@ def test_the_shipped_studies_validate(spec, capsys):
     assert main(["study", "run", str(root / spec), "--out", "/nonexistent/out", "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert "total training FLOPs" in err and "R scaling" in err and "epochs" in err
+
+
+COMPARATORS = """
+[comparators]
+names = ["loop-2", "PonderLM-2"]
+ratios = [2e9]
+seeds = [1]
+
+[lr_check]
+adamw_lr = [0.002, 0.004]
+seeds = [0]
+"""
+
+
+def test_comparators_train_beside_the_main_stage_at_equal_flops_and_lrts_tokens(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lr_choice.json").write_text(json.dumps({"field": "adamw_lr", "choice": {"baseline": 0.002, "lrt": 0.004}}))
+    spec = load_spec(spec_file(tmp_path, COMPARATORS), out)
+    assert [c.name for c in spec.cells] == ["baseline", "lrt"]  # the main stage is unchanged
+    jobs = [j for j in spec.jobs if j.info["stage"] == "comparators"]
+    assert {j.info["cell"] for j in jobs} == {"loop-2", "PonderLM-2"} and {j.info["seed"] for j in jobs} == {1}
+    budget = spec.budgets[1]  # 2e9 FLOPs, the second budget: labels keep the main stage's index
+    for job in jobs:
+        cell, cfg = job.info["cell"], job.config
+        assert cfg.optim.adamw_lr == 0.002  # the baseline's learning rate
+        model = spec.arms[cell].config
+        assert (model.loops, model.latent_thoughts, model.injection) == (
+            (2, 0, "none") if cell == "loop-2" else (1, 1, "none")
+        )
+        assert cfg.schedule == ("baseline" if cell == "loop-2" else "jacobi:3")
+        if job.info["kind"] == "branch":
+            expected = {"flops:1": budget.steps(spec.arms[cell]), "tokens:1": budget.steps(spec.arms["lrt"])}
+            assert all(expected[label] == job.steps for label in job.info["budgets"])
+            assert job.memories == (("zero",) if cell == "loop-2" else ("exact", "parallel"))
+    labels = {label for j in jobs for label in j.info.get("budgets", [])}
+    assert labels == {"flops:1", "tokens:1"}
+    order = [j.info["stage"] for j in spec.jobs]
+    assert order.index("comparators") > order.index("main")  # after the main stage's first seeds
+
+
+def test_a_spec_that_only_adds_runs_extends_a_study(tmp_path, monkeypatch, capsys):
+    """Adding a stage (here the comparators) keeps every run of the study, so it may join a study
+    under way; a spec that changes a run is another study."""
+    from lrt.experiments import study
+
+    out = tmp_path / "study"
+    base = spec_file(tmp_path, "")
+    out.mkdir()
+    (out / "spec.toml").write_bytes(base.read_bytes())
+    extended = tmp_path / "extended.toml"
+    extended.write_text(base.read_text() + '[comparators]\nnames = ["loop-2"]\n')
+    changed = tmp_path / "changed.toml"
+    changed.write_text(base.read_text().replace("batch_size = 2", "batch_size = 3"))
+    assert study.extends(load_spec(extended, out), load_spec(base, out))
+    assert not study.extends(load_spec(changed, out), load_spec(base, out))
+    assert not study.extends(load_spec(base, out), load_spec(extended, out))
+    monkeypatch.setattr(study, "_run", lambda spec, jobs, progress: [])  # the planning, not the training
+    assert main(["study", "run", str(changed), "--out", str(out)]) == 2
+    assert "holds another study" in capsys.readouterr().err and (out / "spec.toml").read_bytes() == base.read_bytes()
+    assert main(["study", "run", str(extended), "--out", str(out)]) == 0
+    assert "extends the study" in capsys.readouterr().err
+    assert (out / "spec.toml").read_bytes() == extended.read_bytes()
 
 
 def tiny_config(out, **fields) -> TrainConfig:

@@ -51,6 +51,10 @@ seeds = [0, 1]
 steps = 4
 seq_len = 16
 seeds = [0]
+
+[comparators]
+names = ["loop-2", "PonderLM-2"]
+ratios = [4]
 """
 
 # True BPB per (stage, cell, budget label); each seed shifts every run by the same amount (the
@@ -64,6 +68,10 @@ TRUE = {
     ("main", "baseline", "tokens:1"): 1.95,
     ("main", "lrt", "flops:1"): 1.70,  # at R = 4: G = 0.15, D = 0.25: LRT wins
     ("main", "source_layer=1", "flops:1"): 1.70,
+    ("comparators", "loop-2", "flops:1"): 1.75,  # better than the baseline, worse than LRT
+    ("comparators", "loop-2", "tokens:1"): 1.72,
+    ("comparators", "PonderLM-2", "flops:1"): 1.90,  # at LRT's tokens better than LRT
+    ("comparators", "PonderLM-2", "tokens:1"): 1.65,
     ("control", "baseline", "flops:0"): 1.90,
     ("control", "baseline", "tokens:0"): 2.00,
     ("control", "lrt", "flops:0"): 1.95,
@@ -85,7 +93,7 @@ def scored(job, value: float) -> dict:
     result = BPBResult(
         tokens=256,
         bytes=256,
-        zero=value + 0.3 if lrt_run else value,
+        zero=None if "zero" not in job.memories else value + 0.3 if lrt_run else value,
         parallel=value + 0.02 if lrt_run else None,
         parallel_schedule=job.config.schedule if lrt_run else None,
         parallel_passes=[value + 0.3, value + 0.01] if lrt_run else [],
@@ -261,7 +269,20 @@ def test_the_report_states_r_epochs_and_verdicts_and_regenerates_from_results_al
     for name in ("gap_vs_R.png", "decomposition.png", "bpb_vs_R.png", "trunk_curves.png"):
         assert (out / name).stat().st_size > 5_000
     results = (out / "results.jsonl").read_text()
-    for stage in ("main", "control", "lr_check", "referee"):
+    comparisons = [line.split(" | ") for line in lines if line.startswith("| 4 | ") and " − " in line]
+    readings = {(row[2], row[1]): row[-1].rstrip(" |") for row in comparisons if len(row) == 7}
+    assert readings == {
+        ("equal FLOPs", "loop-2 − baseline"): "loop-2 better",
+        ("equal FLOPs", "LRT − loop-2"): "LRT better",
+        ("LRT's tokens", "loop-2 − baseline"): "loop-2 better",
+        ("LRT's tokens", "LRT − loop-2"): "LRT better",
+        ("equal FLOPs", "PonderLM-2 − baseline"): "baseline better",
+        ("equal FLOPs", "LRT − PonderLM-2"): "LRT better",
+        ("LRT's tokens", "PonderLM-2 − baseline"): "PonderLM-2 better",
+        ("LRT's tokens", "LRT − PonderLM-2"): "PonderLM-2 better",
+    }
+    assert "| 4 | PonderLM-2 at LRT's tokens |" in text and "| 2 | 1.93x |" in text  # passes and FLOPs per token
+    for stage in ("main", "control", "lr_check", "referee", "comparators"):
         shutil.rmtree(out / stage)
     (out / "report.md").unlink()
     assert main(["study", "report", str(out)]) == 0

@@ -80,6 +80,9 @@ class LRTConfig:
     # memory reset at document boundaries (LRT_SPEC section 7): a position holding bos_id gets m = 0
     reset_memory_at_bos: bool = False
     bos_id: int | None = None  # the tokenizer's <|bos|>; training sets it
+    # the paper's comparators (on the plain backbone, injection="none"), README "The comparators":
+    loops: int = 1  # looped transformer: the block stack applied `loops` times per forward, one set of weights
+    latent_thoughts: int = 0  # PonderLM-2: latent thoughts each token emits before its next-token prediction
 
     def __post_init__(self):
         for name in ("vocab_size", "sequence_len", "n_layer", "n_head", "n_kv_head", "n_embd", "gate_channels"):
@@ -114,6 +117,12 @@ class LRTConfig:
             _fail("bos_id", f"None or a token id in 0..{self.vocab_size - 1}", self.bos_id)
         if self.reset_memory_at_bos and self.bos_id is None:
             _fail("bos_id", "the <|bos|> token id when reset_memory_at_bos is on", self.bos_id)
+        check_int("loops", self.loops)
+        check_int("latent_thoughts", self.latent_thoughts, low=0)
+        if (self.loops > 1 or self.latent_thoughts) and self.injection != "none":
+            _fail("injection", "'none' for a comparator (loops > 1 or latent_thoughts > 0)", self.injection)
+        if self.loops > 1 and self.latent_thoughts:
+            _fail("latent_thoughts", "0 in a looped transformer (one comparator per model)", self.latent_thoughts)
         if self.source_layer is None:
             self.source_layer = max(1, round(2 * self.n_layer / 3))
         if not is_int(self.source_layer) or not 1 <= self.source_layer <= self.n_layer:
@@ -136,6 +145,17 @@ class LRTConfig:
         return self.n_kv_head * self.head_dim
 
     @property
+    def slots(self) -> int:
+        """Positions of the computed sequence per token: 1, or PonderLM-2's token and its latent
+        thoughts (a model's positions, caches and attention windows count slots)."""
+        return 1 + self.latent_thoughts
+
+    @property
+    def cache_layers(self) -> int:
+        """Layers of keys and values a forward leaves: each block once per loop."""
+        return self.n_layer * self.loops
+
+    @property
     def uses_kv(self) -> bool:
         return "kv" in self.injection
 
@@ -156,13 +176,20 @@ class LRTConfig:
         return self.value_embeds == "alternating" and layer % 2 == (self.n_layer - 1) % 2
 
     def window(self, layer: int) -> int | None:
-        """How many earlier positions block `layer` (0-based) attends to; None = all."""
+        """How many earlier positions (slots) block `layer` (0-based) attends to; None = all. Set in
+        tokens: PonderLM-2's slots scale it, so it covers the same tokens."""
         if layer == self.n_layer - 1 or self.window_pattern[layer % len(self.window_pattern)] == "L":
             return None
-        return self.short_window if self.short_window is not None else max(1, self.sequence_len // 2)
+        tokens = self.short_window if self.short_window is not None else max(1, self.sequence_len // 2)
+        return tokens * self.slots
 
     def describe(self) -> str:
         """One line naming the model, e.g. 'LRT kv+residual shared, source layer 3, 4 layers, d=256'."""
+        if self.loops > 1:
+            return f"looped transformer, {self.loops} loops of {self.n_layer} layers, d={self.n_embd}"
+        if self.latent_thoughts:
+            thoughts = f"{self.latent_thoughts} latent thought{'s' if self.latent_thoughts > 1 else ''} per token"
+            return f"PonderLM-2, {thoughts}, {self.n_layer} layers, d={self.n_embd}"
         if self.injection == "none":
             return f"baseline transformer, {self.n_layer} layers, d={self.n_embd}"
         return (

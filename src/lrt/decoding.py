@@ -32,10 +32,10 @@ class DecodeState:
     """What a batch of sequences carries from one token to the next."""
 
     cache: KVBuffer  # keys/values of every layer, written in place
-    memory: torch.Tensor | None  # (B, d): m for each sequence's next token; None when memory is off
-    pos: torch.Tensor  # (B,): each sequence's next position
+    memory: torch.Tensor | None  # (B, d): m for each sequence's next token; None when memory is off or absent
+    pos: torch.Tensor  # (B,): each sequence's next cache position (PonderLM-2: slot; a token takes config.slots)
     length: int  # cache positions in use (the longest sequence so far)
-    max_len: int
+    max_len: int  # cache positions
     static: bool = False  # fixed shapes: the whole cache attended, memory and positions written in place
 
     @property
@@ -52,11 +52,32 @@ def pinned(state: DecodeState) -> DecodeState:
     return state
 
 
+def token_step(model, tokens: torch.Tensor, state: DecodeState, kv_len: int | None) -> torch.Tensor:
+    """The final hidden state (B, 1, d) after one token per row: one forward, or PonderLM-2's
+    token and thoughts one slot after another (each thought the previous slot's output). The
+    memory is returned as the step's source state; the positions are left to the caller."""
+    n = model.config.slots
+    pos = state.pos.unsqueeze(1)
+    memory = None if state.memory is None else state.memory.unsqueeze(1)
+    h, source, inputs = None, None, None
+    for j in range(n):
+        h, source = model.forward_positions(
+            tokens.unsqueeze(1),
+            pos + j,
+            memory,
+            state.cache,
+            kv_len=None if kv_len is None else kv_len + j,
+            inputs=inputs,
+            token_pos=pos // n if n > 1 else None,
+        )
+        inputs = h
+    return h, source
+
+
 def static_step(model, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
     """One token per row against the whole cache (keys past a row's position are masked out), the
     memory written in place: the same shapes and addresses at every step."""
-    memory = None if state.memory is None else state.memory.unsqueeze(1)
-    h, source = model.forward_positions(tokens.unsqueeze(1), state.pos.unsqueeze(1), memory, state.cache)
+    h, source = token_step(model, tokens, state, None)
     if state.memory is not None:
         state.memory.copy_(source[:, 0])
     return model.head(h)[:, 0]
@@ -191,17 +212,19 @@ class Decoder:
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
         weight = model.wte.weight
-        memory = None if zero_memory else weight.new_zeros(batch_size, model.config.n_embd)  # m_0 = 0
-        pos = torch.zeros(batch_size, dtype=torch.long, device=weight.device)
         cfg = model.config
+        pathway = cfg.injection != "none"  # only LRT carries a memory (PonderLM-2's thoughts live in its cache)
+        memory = weight.new_zeros(batch_size, cfg.n_embd) if pathway and not zero_memory else None  # m_0 = 0
+        pos = torch.zeros(batch_size, dtype=torch.long, device=weight.device)
         if static is None:
             static = self.compiles
+        max_len *= cfg.slots  # cache positions: PonderLM-2's token and thoughts each take one
         # a static step attends to its whole cache: rounded up to a power of two, the cache lengths of
         # all prompts and budgets make a few compiled graphs per batch size, not one per length
         capacity = 1 << (max_len - 1).bit_length() if static else max_len
-        cache = KVBuffer(cfg.n_layer, capacity, inplace=True)
+        cache = KVBuffer(cfg.cache_layers, capacity, inplace=True)
         dtype = model.blocks[0].attn.c_k.weight.dtype
-        for layer in range(cfg.n_layer):
+        for layer in range(cfg.cache_layers):
             for kv in (cache.k, cache.v):
                 kv[layer] = weight.new_zeros(batch_size, cfg.n_kv_head, capacity, cfg.head_dim, dtype=dtype)
         return pinned(DecodeState(cache, memory, pos, 0, max_len, static))
@@ -217,9 +240,13 @@ class Decoder:
             raise ValueError(
                 f"tokens must have shape ({state.batch_size},) (one per sequence), got {tuple(tokens.shape)}"
             )
+        n = model.config.slots
         if active is None and state.length >= state.max_len:
-            raise ValueError(f"the decoding state is full (max_len={state.max_len}); create it with a larger max_len")
-        state.length = min(state.length + 1, state.max_len)
+            raise ValueError(
+                f"the decoding state is full (max_len={state.max_len // n} tokens); create it with a larger max_len"
+            )
+        kv_len = state.length + 1
+        state.length = min(state.length + n, state.max_len)
         if state.static:
             compiled = self.compiled_step
             graphed = compiled is not None and tokens.is_cuda
@@ -230,14 +257,11 @@ class Decoder:
             if graphed:
                 logits = logits.clone()  # a CUDA graph overwrites its outputs at the next replay
         else:
-            memory = None if state.memory is None else state.memory.unsqueeze(1)
-            h, source = model.forward_positions(
-                tokens.unsqueeze(1), state.pos.unsqueeze(1), memory, state.cache, kv_len=state.length
-            )
+            h, source = token_step(model, tokens, state, kv_len)
             if state.memory is not None:
                 state.memory = source[:, 0]
             logits = model.head(h)[:, 0]
-        state.pos += 1 if active is None else active.long()
+        state.pos += n if active is None else n * active.long()
         return logits
 
     @torch.no_grad()
@@ -266,14 +290,15 @@ class Decoder:
     @torch.no_grad()
     def state_after(self, reading, lengths: torch.Tensor, max_len: int) -> DecodeState:
         """The decoding state that continues each row after its first `lengths[b]` tokens of a reading."""
-        buffer, T = reading.buffer, reading.buffer.length
+        buffer, T = reading.buffer, reading.buffer.length  # cache positions (PonderLM-2: slots)
         device = lengths.device
         state = self.new_state(lengths.numel(), max_len)
         state.length = T
-        for layer in range(self.model.config.n_layer):
+        for layer in range(self.model.config.cache_layers):
             state.cache.write_kv(layer, torch.arange(T, device=device), buffer.k[layer], buffer.v[layer])
-        state.memory.copy_(buffer.source[torch.arange(lengths.numel(), device=device), lengths - 1])
-        state.pos.copy_(lengths)
+        if state.memory is not None:
+            state.memory.copy_(buffer.source[torch.arange(lengths.numel(), device=device), lengths - 1])
+        state.pos.copy_(lengths * self.model.config.slots)
         return state
 
     @torch.no_grad()

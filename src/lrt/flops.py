@@ -10,15 +10,25 @@ from __future__ import annotations
 
 from .config import LRTConfig
 from .model import LRT, parameter_counts
-from .schedules import Schedule, checked_plan
+from .schedules import Schedule, Sequential, check_schedule_for, checked_plan
 
 
 def matrix_params_per_token(config: LRTConfig) -> int:
-    """Parameters multiplied per token: all but the embedding tables (lookups cost no FLOPs)."""
+    """Parameters multiplied per computed token: all but the embedding tables (lookups cost no
+    FLOPs), the block stack once per loop of a looped transformer."""
+    return head_params(config) + config.loops * stack_params(config)
+
+
+def head_params(config: LRTConfig) -> int:
+    return config.vocab_size * config.n_embd
+
+
+def stack_params(config: LRTConfig) -> int:
+    """Parameters multiplied by one pass through the block stack (and LRT's shared projections)."""
     embeddings = config.vocab_size * config.n_embd + config.vocab_size * config.kv_dim * sum(
         config.has_value_embed(l) for l in range(config.n_layer)
     )
-    return parameter_counts(config).total - embeddings
+    return parameter_counts(config).total - embeddings - head_params(config)
 
 
 def memory_projection_params(config: LRTConfig) -> int:
@@ -28,11 +38,16 @@ def memory_projection_params(config: LRTConfig) -> int:
 
 
 def keys_attended(config: LRTConfig, t: int) -> int:
-    return sum(t + 1 if config.window(l) is None else min(t, config.window(l)) + 1 for l in range(config.n_layer))
+    """Keys the computation at position (slot) t attends to, over every layer of every loop."""
+    return config.loops * sum(
+        t + 1 if config.window(l) is None else min(t, config.window(l)) + 1 for l in range(config.n_layer)
+    )
 
 
 def training_flops_per_sequence(config: LRTConfig, schedule: Schedule, T: int) -> float:
     """Forward + backward FLOPs of one sequence of length T under `schedule`."""
+    if config.latent_thoughts:
+        return ponder_training_flops(config, schedule, T)
     dense = 6 * matrix_params_per_token(config)
     zero_memory_dense = dense - 6 * memory_projection_params(config)
     attention = 12 * config.n_head * config.head_dim
@@ -44,19 +59,36 @@ def training_flops_per_sequence(config: LRTConfig, schedule: Schedule, T: int) -
     return total
 
 
+def ponder_training_flops(config: LRTConfig, schedule: Schedule, T: int) -> float:
+    """PonderLM-2 (ponder.py): every slot of every pass through the stack, the LM head at the T
+    predicting slots of the last. Jacobi:N runs K first-guess passes over 1..K stages, N Jacobi
+    passes and a final one over K + 1; sequential (exact) computes each of the (K + 1) T slots once."""
+    check_schedule_for(config, schedule)
+    K = config.latent_thoughts
+    stages = [K + 1] if isinstance(schedule, Sequential) else [*range(1, K + 1), *[K + 1] * (schedule.iterations + 1)]
+    attention = 12 * config.n_head * config.head_dim
+    total = 6.0 * head_params(config) * T
+    for n in stages:
+        total += 6 * stack_params(config) * n * T + attention * sum(keys_attended(config, s) for s in range(n * T))
+    return total
+
+
 # decoding ----------------------------------------------------------------------------------------
 
 
 def decode_cost(config: LRTConfig, batch: int, context: int, element_bytes: int) -> tuple[float, float]:
-    """Bytes read and FLOPs of one decoding step of `batch` rows at `context` cached positions:
-    every matrix once (the step's weight traffic, whatever the batch), an embedding row per token
-    and table, and the keys and values each layer attends to; FLOPs 2 x matrix parameters per
-    token plus attention. The arithmetic an overhead cannot go below."""
+    """Bytes read and FLOPs of one generated token per row of `batch` rows at `context` cached
+    tokens: every matrix once per forward through the stack (the step's weight traffic, whatever
+    the batch; a looped transformer's stack `loops` times, PonderLM-2's once per slot), an embedding
+    row per token and table, and the keys and values each layer attends to; FLOPs 2 x matrix
+    parameters per token plus attention. The arithmetic an overhead cannot go below."""
+    n = config.slots
     tables = 1 + sum(config.has_value_embed(l) for l in range(config.n_layer))
-    keys = keys_attended(config, context)
-    weights = matrix_params_per_token(config) + batch * tables * config.n_embd
+    keys = sum(keys_attended(config, context * n + j) for j in range(n))
+    matrices = head_params(config) + n * config.loops * stack_params(config)
+    weights = matrices + batch * tables * config.n_embd
     cache = batch * keys * 2 * config.kv_dim
-    flops = batch * (2 * matrix_params_per_token(config) + 4 * config.n_head * config.head_dim * keys)
+    flops = batch * (2 * matrices + 4 * config.n_head * config.head_dim * keys)
     return (weights + cache) * element_bytes, flops
 
 

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from . import ponder
 from .attention import KVBuffer
 from .schedules import (
     Baseline,
+    Jacobi,
     Schedule,
     ScheduleOutput,
     Sequential,
@@ -97,6 +99,16 @@ class Memory:
         return {"zero": "zero memory", "exact": "exact memory (token by token)"}[self.mode]
 
 
+def readable(config, memories: "list[Memory | str]") -> list[Memory]:
+    """The memories a model is read with, of those asked for: a model without recurrence (plain or
+    looped) has zero memory only, which every mode equals; PonderLM-2's thoughts are its memory,
+    so it has every mode but zero."""
+    memories = [Memory.parse(m) for m in memories]
+    if config.latent_thoughts:
+        return [m for m in memories if m.mode != "zero"]
+    return memories if config.injection != "none" else [Memory("zero")]
+
+
 @dataclass
 class Reading:
     """What reading a row under a memory computed."""
@@ -116,12 +128,25 @@ def read(model, idx: torch.Tensor, memory: "Memory | str") -> Reading:
     place (nothing needs the old values); with it, out of place, as in training."""
     memory = Memory.parse(memory)
     T = idx.size(1)
-    buffer = KVBuffer(model.config.n_layer, T, inplace=not torch.is_grad_enabled(), kept=True)
+    if model.config.latent_thoughts:
+        return _ponder(model, idx, memory)
+    buffer = KVBuffer(model.config.cache_layers, T, inplace=not torch.is_grad_enabled(), kept=True)
     if memory.mode == "fixed-point":
         return _fixed_point(model, idx, memory, buffer)
     schedule = {"zero": Baseline(), "exact": Sequential(), "parallel": memory.schedule}[memory.mode]
     output = run_schedule(model, idx, schedule, buffer=buffer)
     return Reading(memory, output, buffer, sum(len(steps) for steps in checked_plan(schedule, T)))
+
+
+def _ponder(model, idx: torch.Tensor, memory: Memory) -> Reading:
+    """PonderLM-2's thoughts are its memory: exact is slot by slot, parallel its Jacobi passes,
+    fixed-point Jacobi passes until the thoughts move by at most tol; it has no zero memory."""
+    if memory.mode == "zero":
+        raise ValueError("a PonderLM-2 model has no zero memory (its latent thoughts are its recurrence)")
+    schedule = {"exact": Sequential(), "parallel": memory.schedule, "fixed-point": Jacobi()}[memory.mode]
+    tol = memory.tol if memory.mode == "fixed-point" else None
+    output, buffer, forwards = ponder.run(model, idx, schedule, tol=tol)
+    return Reading(memory, output, buffer, forwards)
 
 
 def _fixed_point(model, idx: torch.Tensor, memory: Memory, buffer: KVBuffer) -> Reading:

@@ -25,10 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from . import ponder
 from .attention import KVBuffer, PassContext, check_attention, resolve_attention
 from .config import LRTConfig
 from .runtime import room_for_graphs
-from .schedules import Baseline, Schedule, ScheduleOutput, run_schedule
+from .schedules import Schedule, ScheduleOutput, default_schedule, run_schedule
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -227,15 +228,21 @@ class LRT(nn.Module):
         full: bool = False,
         kv_len: int | None = None,
         span: range | None = None,
+        inputs: torch.Tensor | None = None,
+        token_pos: torch.Tensor | None = None,
     ):
         """Compute tokens `idx` (B, Tq) at positions `pos` ((Tq,) or (B, Tq)) with memory `memory`
         (B, Tq, d; None is zero memory), attending to `buffer`, into which their keys and values are
         written. `span` repeats 1-D positions as a range (it lets attention skip keys no query
-        needs). Returns the final normed hidden states and the normed source states (B, Tq, d)."""
+        needs). Returns the final normed hidden states and the normed source states (B, Tq, d).
+
+        PonderLM-2 (ponder.py) computes slots, not only tokens: `inputs` (B, Tq, d) replaces the
+        normed token embeddings (a latent thought is fed as it is), and `token_pos` gives each slot's
+        token position for RoPE (default `pos`); `pos` is then the slot's place in the buffer."""
         cfg = self.config
         if cfg.reset_memory_at_bos and memory is not None:  # memory never crosses into the next document
             memory = memory.masked_fill((idx == cfg.bos_id).unsqueeze(-1), 0.0)
-        x = x0 = norm(self.wte(idx))
+        x = x0 = self.embed(idx) if inputs is None else inputs
         ctx = PassContext(
             pos,
             span,
@@ -243,7 +250,7 @@ class LRT(nn.Module):
             kv_len,
             buffer.length,
             buffer.inplace,
-            *self.rotary(pos, x.dtype),
+            *self.rotary(pos if token_pos is None else token_pos, x.dtype),
             x0=x0,
             memory=memory,
             backend=resolve_attention(self.attention, idx.device),
@@ -252,20 +259,25 @@ class LRT(nn.Module):
         ctx.prepare(block.attn.window for block in self.blocks)
         checkpointed = self.activation_checkpointing and torch.is_grad_enabled()
         source = None
-        for layer, block in enumerate(self.blocks):
-            ve = self.value_embeds[str(layer)](idx) if str(layer) in self.value_embeds else None
-            past = (buffer.k[layer], buffer.v[layer])
+        ves = {layer: embed(idx) for layer, embed in self.value_embeds.items()}
+        for i in range(cfg.cache_layers):  # a looped transformer runs the stack `loops` times
+            layer, block = i % cfg.n_layer, self.blocks[i % cfg.n_layer]
+            past = (buffer.k[i], buffer.v[i])
             if checkpointed:  # keep the block's inputs only; recompute its insides in backward
-                x, kv = checkpoint(block, x, ve, past, ctx, use_reentrant=False)
+                x, kv = checkpoint(block, x, ves.get(str(layer)), past, ctx, use_reentrant=False)
             else:
-                x, kv = block(x, ve, past, ctx)
-            buffer.store(layer, *kv, full)
+                x, kv = block(x, ves.get(str(layer)), past, ctx)
+            buffer.store(i, *kv, full)
             if layer + 1 == cfg.source_layer:
-                source = x
+                source = x  # the last loop's (a looped model has no pathway to feed)
         x = norm(x)
         if cfg.source_layer == cfg.n_layer:  # h^(L) is taken after the final norm
             source = x
         return x, norm(source)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The normed token embeddings: the input of every block stack."""
+        return norm(self.wte(idx))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits with soft-capping, computed in at least float32."""
@@ -297,18 +309,27 @@ class LRT(nn.Module):
         schedule: Schedule | None = None,
         return_logits: bool = True,
     ) -> torch.Tensor | ScheduleOutput:
-        """`model(idx)` is the zero-memory parallel forward and returns logits (B, T, vocab).
-        With targets or a schedule it runs the schedule (default: Baseline, zero memory) and returns
+        """`model(idx)` is the zero-memory parallel forward (PonderLM-2: its Jacobi forward) and returns
+        logits (B, T, vocab).
+        With targets or a schedule it runs the schedule (default: Baseline, zero memory; PonderLM-2:
+        Jacobi) and returns
         a ScheduleOutput: the loss and per-pass losses, and logits (merged and per pass) computed
         from the passes' hidden states only when read, so a training step that reads the loss pays
         for no logits beyond its loss. `return_logits=False` also drops those hidden states."""
         self._check_input(idx, targets)
-        if targets is None and schedule is None:
+        if targets is None and schedule is None and not self.config.latent_thoughts:
             T = idx.size(1)
             pos = torch.arange(T, device=idx.device)
-            h, _ = self.forward_positions(idx, pos, None, KVBuffer(self.config.n_layer, T), full=True, span=range(T))
+            buffer = KVBuffer(self.config.cache_layers, T)
+            h, _ = self.forward_positions(idx, pos, None, buffer, full=True, span=range(T))
             return self.head(h)
-        return run_schedule(self, idx, schedule or Baseline(), targets=targets, return_logits=return_logits)
+        if self.config.latent_thoughts:
+            output = ponder.run(
+                self, idx, schedule or default_schedule(self.config), targets=targets, return_logits=return_logits
+            )[0]
+            return output.logits if targets is None and schedule is None else output
+        schedule = schedule or default_schedule(self.config)
+        return run_schedule(self, idx, schedule, targets=targets, return_logits=return_logits)
 
     def _check_input(self, idx: torch.Tensor, targets: torch.Tensor | None) -> None:
         if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32) or idx.size(1) == 0:

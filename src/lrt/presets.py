@@ -30,12 +30,19 @@ PRESETS = {
 }
 PRESET_NAMES = f"{', '.join(PRESETS)} or d<depth> (e.g. d12, d20)"
 
-# the rows of every baseline-against-LRT comparison: LRTConfig overrides of each variant
+# the rows of every baseline-against-LRT comparison: LRTConfig overrides of each variant, then the
+# paper's comparators on the baseline's backbone (README "The comparators")
 VARIANTS = {
-    "baseline": dict(injection="none"),
+    "baseline": dict(injection="none", loops=1, latent_thoughts=0),
     "LRT-shared": dict(projection="shared"),
     "LRT-layerwise": dict(projection="layerwise"),
+    "loop-2": dict(injection="none", loops=2, latent_thoughts=0),
+    "loop-3": dict(injection="none", loops=3, latent_thoughts=0),
+    "PonderLM-2": dict(injection="none", loops=1, latent_thoughts=1),
 }
+# what each comparator trains with (LRT's variants train with the run's schedule)
+COMPARATOR_SCHEDULES = {"loop-2": "baseline", "loop-3": "baseline", "PonderLM-2": "jacobi:3"}
+PATHWAY_VARIANTS = tuple(v for v in VARIANTS if v not in COMPARATOR_SCHEDULES)  # the baseline and LRT's
 
 
 def get_preset(name: str) -> Preset:

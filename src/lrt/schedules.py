@@ -142,13 +142,34 @@ class Sequential(Schedule):
         return [[Step(range(t, t + 1)) for t in range(T)]]
 
 
+@dataclass(frozen=True)
+class Jacobi(Schedule):
+    """PonderLM-2's parallel training (ponder.py): first guesses of the latent thoughts, then N
+    Jacobi passes that recompute them all, then a pass that predicts the tokens. Not a plan of LRT
+    steps: it runs only on a model with latent thoughts, which runs no other (besides sequential)."""
+
+    name = "jacobi"
+    iterations: int = 3
+
+    def plan(self, T):
+        raise ValueError("schedule jacobi is PonderLM-2's: it runs on a model with latent_thoughts > 0 only")
+
+
+def default_schedule(config) -> Schedule:
+    """What `model(idx)` runs: one zero-memory pass, or PonderLM-2's Jacobi forward."""
+    return Jacobi() if config.latent_thoughts else Baseline()
+
+
 def _parameters(cls) -> list[dataclasses.Field]:
     """A built-in schedule's one integer parameter (S, K, C), or none."""
     return [f for f in dataclasses.fields(cls) if f.name != "weights"]
 
 
-SCHEDULES = {cls.name: cls for cls in (Baseline, Interleaved, MultiRefine, Chunked, Sequential)}
-SCHEDULE_SPECS = "baseline, interleaved[:S] (S=2), multirefine[:K] (K=1), chunked[:C] (C=64), sequential"
+SCHEDULES = {cls.name: cls for cls in (Baseline, Interleaved, MultiRefine, Chunked, Sequential, Jacobi)}
+SCHEDULE_SPECS = (
+    "baseline, interleaved[:S] (S=2), multirefine[:K] (K=1), chunked[:C] (C=64), sequential, "
+    "jacobi[:N] (N=3, PonderLM-2)"
+)
 
 
 def parse_schedule(spec: "str | Schedule") -> Schedule:
@@ -205,6 +226,25 @@ def checked_plan(schedule: Schedule, T: int) -> tuple[tuple[Step, ...], ...]:
             in_pass |= mine
             written |= mine
     return tuple(tuple(steps) for steps in passes)
+
+
+def check_schedule_for(config, schedule: Schedule) -> None:
+    """That `config` can train with `schedule` over its sequence: LRT's schedules need the pathway,
+    a plain or looped transformer trains with baseline, and PonderLM-2 with jacobi (or its exact
+    sequential recurrence) only."""
+    label = schedule_label(schedule)
+    if config.latent_thoughts:
+        if not isinstance(schedule, (Jacobi, Sequential)):
+            raise ValueError(
+                f"a PonderLM-2 model (latent_thoughts > 0) trains with jacobi[:N] (parallel) or sequential "
+                f"(its exact recurrence), got {label}"
+            )
+        return
+    if isinstance(schedule, Jacobi):
+        raise ValueError("schedule jacobi is PonderLM-2's: it needs a model with latent_thoughts > 0")
+    checked_plan(schedule, config.sequence_len)  # a schedule the sequence cannot take fails now
+    if not isinstance(schedule, Baseline) and config.injection == "none":
+        raise ValueError(f"schedule {label} needs a recurrent pathway, but the model has injection='none'")
 
 
 def reads_memory(config, schedule: Schedule, T: int) -> bool:
@@ -302,7 +342,7 @@ def run_schedule(
     the output's logits are computed from."""
     B, T = idx.shape
     plan = checked_plan(schedule, T)
-    buffer = buffer if buffer is not None else KVBuffer(model.config.n_layer, T, kept=sum(map(len, plan)) > 1)
+    buffer = buffer if buffer is not None else KVBuffer(model.config.cache_layers, T, kept=sum(map(len, plan)) > 1)
     losses, pass_hidden = [], []
     for steps in plan:
         nll, count, parts = 0.0, 0, []

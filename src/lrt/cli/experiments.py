@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..config import VALUE_EMBEDS, LRTConfig
-from ..presets import PRESET_NAMES, VARIANTS
+from ..presets import COMPARATOR_SCHEDULES, PATHWAY_VARIANTS, PRESET_NAMES, VARIANTS
 from ..train.config import DTYPES, flag_fields
 from .args import (
     Parser,
@@ -29,12 +29,14 @@ def cmd_params(args) -> None:
     from ..model import parameter_counts
 
     print(f"depth {args.depth}, vocab {args.vocab_size}, value embeddings: {args.value_embeds}")
-    print(f"{'variant':<16}{'total':>16}{'pathway':>14}{'share':>9}")
+    print(f"{'variant':<16}{'total':>16}{'pathway':>14}{'share':>9}{'stack passes/token':>21}")
     for name, overrides in VARIANTS.items():
-        c = parameter_counts(
-            LRTConfig.from_depth(args.depth, vocab_size=args.vocab_size, value_embeds=args.value_embeds, **overrides)
+        config = LRTConfig.from_depth(
+            args.depth, vocab_size=args.vocab_size, value_embeds=args.value_embeds, **overrides
         )
-        print(f"{name:<16}{c.total:>16,}{c.pathway:>14,}{100 * c.share:>8.3f}%")
+        c = parameter_counts(config)
+        passes = config.loops * config.slots  # what generating one token costs, in forwards through the stack
+        print(f"{name:<16}{c.total:>16,}{c.pathway:>14,}{100 * c.share:>8.3f}%{passes:>21}")
 
 
 def cmd_bench_train(args) -> None:
@@ -44,6 +46,7 @@ def cmd_bench_train(args) -> None:
     report = bench_train(
         args.config,
         schedules=args.schedules.split(",") if args.schedules is not None else None,
+        comparators=tuple(args.comparators.split(",")) if args.comparators else (),
         batch=args.batch_size,
         device=str(resolve_device(args.device)),
         progress=lambda msg: print(msg, file=sys.stderr),
@@ -147,6 +150,11 @@ def add_commands(sub) -> None:
         default=None,
         help=f"comma-separated schedule specs, baseline included (default: {','.join(TRAIN_SCHEDULES)})",
     )
+    b.add_argument(
+        "--comparators",
+        default=None,
+        help=f"comma-separated comparators, each with its own schedule ({','.join(COMPARATOR_SCHEDULES)})",
+    )
     b.add_argument("--repeats", type=positive_int, default=5)
     b.add_argument("--warmup", type=natural, default=1)
     b.add_argument("--batch-size", type=positive_int, default=None)
@@ -183,8 +191,9 @@ def add_commands(sub) -> None:
     )
     b.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
-        help=f"comma-separated pathway variants, the baseline always timed (default: {','.join(VARIANTS)})",
+        default=",".join(PATHWAY_VARIANTS),
+        help=f"comma-separated variants, the baseline always timed: {','.join(VARIANTS)} (default: "
+        f"{','.join(PATHWAY_VARIANTS)})",
     )
     device_and_json(b)
     b.set_defaults(run=cmd_bench_decode)

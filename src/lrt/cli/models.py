@@ -38,7 +38,7 @@ def cmd_eval_bpb(args) -> None:
         f"checkpoint {run.record.get('step')} steps: {cfg.describe()}; training schedule: {run.train_config.schedule}"
     )
     print(f"data: {scored.data}, {scored.rows} rows x {scored.seq_len} tokens, {result.bytes:,} bytes")
-    print(result.format(recurrent=cfg.injection != "none"))
+    print(result.format(recurrent=cfg.injection != "none" or cfg.latent_thoughts > 0))
     write_json(
         args.json,
         {

@@ -16,8 +16,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..memory import Memory, read
-from ..schedules import checked_plan, describe_pass, merge_passes
+from ..memory import Memory, read, readable
+from ..schedules import checked_plan, describe_pass, merge_passes, schedule_label
+
+
+def pass_labels(config, schedule, T: int) -> list[str]:
+    """What each pass of a parallel reading computes (PonderLM-2's Jacobi forward is one pass)."""
+    if config.latent_thoughts:
+        return [f"{schedule_label(schedule)} thoughts, all positions"]
+    return [describe_pass(steps, T) for steps in checked_plan(schedule, T)]
 
 
 @dataclass
@@ -102,9 +109,9 @@ def evaluate_bpb(
     mode). A model without a pathway is scored with zero memory only: every mode equals it. With a
     `world` (distributed.World), each rank scores rows rank, rank + world, ... and the sums are
     all-reduced: every rank gets the numbers of a single-process evaluation."""
-    memories = [Memory.parse(m) for m in memories]
-    if model.config.injection == "none":
-        memories = [Memory("zero")]
+    memories = readable(model.config, memories)
+    if not memories:
+        raise ValueError("a PonderLM-2 model has no zero memory: score it with exact, parallel or fixed-point")
     modes = [m.mode for m in memories]
     if len(set(modes)) != len(modes):
         raise ValueError(f"evaluate_bpb scores each memory mode once, got {[m.spec for m in memories]}")
@@ -114,8 +121,8 @@ def evaluate_bpb(
     token_bytes = token_bytes.to(device)
     T = rows.size(1) - 1
     tallies = {m.mode: _Tally(T) for m in memories}
-    plans = {m.mode: checked_plan(m.schedule, T) for m in memories if m.mode == "parallel"}
-    pass_tallies = [_Tally(T) for _ in plans.get("parallel", ())]
+    labels = {m.mode: pass_labels(model.config, m.schedule, T) for m in memories if m.mode == "parallel"}
+    pass_tallies = [_Tally(T) for _ in labels.get("parallel", ())]
     mine = rows if world is None else rows[world.rank :: world.size]
     for batch in tqdm(mine.split(batch_size), desc="bpb", disable=not progress, leave=False):
         batch = batch.to(device)
@@ -137,7 +144,7 @@ def evaluate_bpb(
         if memory.mode == "parallel":
             result.parallel_schedule = memory.spec
             result.parallel_passes = [t.bpb() for t in pass_tallies]
-            result.parallel_pass_labels = [describe_pass(steps, T) for steps in plans["parallel"]]
+            result.parallel_pass_labels = labels["parallel"]
         if memory.mode == "exact":
             result.exact_buckets = [
                 (a, min(a + bucket, T) - 1, tallies["exact"].bpb(slice(a, a + bucket))) for a in range(0, T, bucket)

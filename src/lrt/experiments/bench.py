@@ -26,7 +26,7 @@ from ..config import LRTConfig
 from ..decoding import Decoder, prefill
 from ..flops import decode_floor
 from ..model import LRT, compile_model, parameter_counts
-from ..presets import VARIANTS, get_preset
+from ..presets import COMPARATOR_SCHEDULES, PATHWAY_VARIANTS, VARIANTS, get_preset
 from ..schedules import parse_schedule
 from ..train.optim import OptimConfig, build_optimizers
 
@@ -118,6 +118,7 @@ def bench_train(
     config: str = "small",
     *,
     schedules: list[str] | None = None,
+    comparators: tuple[str, ...] = (),
     repeats: int = 5,
     warmup: int = 1,
     batch: int | None = None,
@@ -131,10 +132,14 @@ def bench_train(
     progress=print,
 ) -> dict:
     """Forward+backward and step time, FLOP ratio and memory of each schedule (spec strings; the
-    baseline is always measured), in rounds that alternate between them."""
+    baseline is always measured) and of each comparator (names in COMPARATOR_SCHEDULES, trained
+    with its schedule), in rounds that alternate between them."""
     names = [parse_schedule(n).spec for n in (schedules or TRAIN_SCHEDULES)]
     if "baseline" not in names:
         raise ValueError(f"schedules must include baseline (the ratios' denominator), got {names}")
+    unknown = [c for c in comparators if c not in COMPARATOR_SCHEDULES]
+    if unknown:
+        raise ValueError(f"unknown comparator {unknown[0]!r}: choose from {', '.join(COMPARATOR_SCHEDULES)}")
     device = torch.device(device)
     peak_tflops = peak_tflops or (known_peak_tflops(device) if dtype == "bfloat16" else None)
     lrt_config, default_batch = bench_config(config, **({"sequence_len": seq_len} if seq_len else {}))
@@ -144,16 +149,18 @@ def bench_train(
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, lrt_config.vocab_size, (batch, T + 1), generator=g).to(device)
     x, y = data[:, :-1], data[:, 1:]
+    arms = {name: (baseline_of(lrt_config) if name == "baseline" else lrt_config, name) for name in names}
+    for name in comparators:
+        arms[name] = (LRTConfig(**{**lrt_config.to_dict(), **VARIANTS[name]}), COMPARATOR_SCHEDULES[name])
     runs = {}
-    for name in names:
-        cfg = baseline_of(lrt_config) if name == "baseline" else lrt_config
+    for name, (cfg, schedule) in arms.items():
         torch.manual_seed(0)
         model = LRT(cfg, attention=attention, activation_checkpointing=activation_checkpointing, device=device)
         forward = compile_model(model) if compile else model
         runs[name] = dict(
             model=model,
             forward=forward,
-            schedule=parse_schedule(name),
+            schedule=parse_schedule(schedule),
             optimizers=build_optimizers(model, OptimConfig()),
             fb=[],
             step=[],
@@ -286,10 +293,11 @@ def bench_decode(
     device: str = "cpu",
     dtype: str = "float32",
     compile: bool = False,
-    variants: tuple[str, ...] = tuple(VARIANTS),
+    variants: tuple[str, ...] = PATHWAY_VARIANTS,
     progress=print,
 ) -> dict:
-    """Per-token latency of each variant (names in VARIANTS, the baseline always among them) at
+    """Per-token latency of each variant (names in VARIANTS, the baseline always among them; a
+    comparator's token is all its forwards: a loop's stack passes, PonderLM-2's token and thought) at
     each batch size, eager (the dynamic step) and, with `compile`, the compiled static step
     (a compiling decoding.Decoder); each variant's arithmetic floor; and prefill time of each prompt
     memory (PREFILL_MEMORIES) with the first LRT variant."""
@@ -349,7 +357,7 @@ def bench_decode(
                 "first_step": first_step[((mode, name), b)],
             }
     # prefill: each memory on one prompt batch, with an LRT model (its memory is what they differ in)
-    lrt_name = next((name for name in names if name != "baseline"), None)
+    lrt_name = next((name for name in names if configs[name].injection != "none"), None)
     prefill_times = (
         {}
         if lrt_name is None

@@ -67,6 +67,7 @@ from .study_spec import (
     arm_of,
     branch_point,
     corpus_tokens,
+    open_study,
     plan_units,
     waits_for_lr_check,
 )
@@ -113,7 +114,7 @@ def describe(spec: Spec) -> str:
         + (f"{main_tokens:,} training tokens" if main_tokens else "size unknown"),
         f"{'cell':<22}{'params':>12}{'scaling':>10}{'FLOPs/step':>12}{'x base':>8}",
     ]
-    for cell in spec.cells:
+    for cell in spec.cells + spec.comparator_cells:
         arm = spec.arms[cell.name]
         lines.append(
             f"{cell.name:<22}{arm.params('total'):>12,}{arm.params('scaling'):>10,}"
@@ -122,7 +123,7 @@ def describe(spec: Spec) -> str:
     lines.append(f"{unit:<10}{'cell':<22}{'steps':>8}{'tokens':>14}{'R total':>9}{'R scaling':>10}{'epochs':>8}")
     for i, b in enumerate(spec.budgets):
         label = f"{b.ratio:g}" if b.ratio is not None else f"{b.flops:.3g}"
-        for cell in spec.cells:
+        for cell in spec.cells + spec.comparator_cells:
             r = b.reach(spec.arms[cell.name], main_tokens)
             epochs = f"{r.epochs:.2f}" if r.epochs is not None else "?"
             lines.append(
@@ -232,15 +233,30 @@ def run_study(spec: Spec, out: Path, jobs: int = 1, progress: bool = True) -> li
     try:
         kept = out / "spec.toml"
         if kept.exists() and kept.read_bytes() != spec.path.read_bytes():
-            raise ValueError(
-                f"{out} holds another study ({kept} differs from {spec.path}): choose another --out, "
-                f"or continue it with lrt study run {kept} --out {out}"
-            )
-        if not kept.exists():
-            shutil.copyfile(spec.path, kept)
+            if not extends(spec, open_study(out)):
+                raise ValueError(
+                    f"{out} holds another study ({kept} differs from {spec.path}, and not only by runs it adds): "
+                    f"choose another --out, or continue it with lrt study run {kept} --out {out}"
+                )
+            print(f"{spec.path} extends the study in {out}: its runs are kept, and the new ones added", file=sys.stderr)
+        if not kept.exists() or kept.read_bytes() != spec.path.read_bytes():
+            tmp = kept.with_suffix(".toml.tmp")
+            shutil.copyfile(spec.path, tmp)
+            tmp.rename(kept)
         return _run(spec, jobs, progress)
     finally:
         folder.release()
+
+
+def extends(spec: Spec, kept: Spec) -> bool:
+    """Whether `spec` only adds runs to the study `kept` (a stage such as [comparators], more
+    seeds): every job of `kept` is one of its jobs, trained and scored the same way."""
+
+    def key(job: Job):
+        return json.dumps(job.config.to_dict(), sort_keys=True), str(job.fork), job.memories
+
+    mine = {job.path: key(job) for job in spec.jobs}
+    return all(mine.get(job.path) == key(job) for job in kept.jobs)
 
 
 def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:

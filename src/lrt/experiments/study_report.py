@@ -7,8 +7,9 @@ spec.toml and results.jsonl (docs/study/) regenerates the same report.md.
 scale they hold for), per budget each arm's decoding BPB (LRT with exact memory, the baseline with
 its only memory, zero) and the paired difference LRT - baseline at equal FLOPs and at equal tokens
 with its verdict (stats.py); the decomposition gap(R) = G(R) - D(R); what LRT's memory is worth;
-the learning-rate check; the control corpus beside the main one; the referee's experiment; the
-ablations paired against lrt. Every table states R under both conventions and epochs.
+the paper's comparators beside both, with their cost per generated token; the learning-rate
+check; the control corpus beside the main one; the referee's experiment; the ablations paired
+against lrt. Every table states R under both conventions and epochs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..flops import decode_cost
 from .stats import ABOVE, BELOW, EQUIVALENT, classify, interval, paired, verdict
 from .study_spec import Spec
 
@@ -129,7 +131,18 @@ REACH = "R total / scaling, epochs"
 def write_report(spec: Spec, records: list[dict]) -> Path:
     """report.md and its plots in the study folder, from the records alone."""
     res = Results(spec, records)
-    sections = [preamble, verdicts, budgets, decomposition, memory_worth, lr_check, control, referee, ablations]
+    sections = [
+        preamble,
+        verdicts,
+        budgets,
+        decomposition,
+        memory_worth,
+        comparators,
+        lr_check,
+        control,
+        referee,
+        ablations,
+    ]
     lines = [line for section in sections for line in section(res)]
     lines += ["## Plots", "", *(f"![{name}]({name})" for name in plots(res)), ""]
     path = spec.out / "report.md"
@@ -570,6 +583,92 @@ def referee(res: Results) -> list[str]:
 
 def spread(s: dict, fmt: str) -> str:
     return f"{s['mean']:{fmt}} ± {s['std']:.3g} [{s['q05']:{fmt}}, {s['q50']:{fmt}}, {s['q95']:{fmt}}]"
+
+
+def comparators(res: Results) -> list[str]:
+    """The paper's comparators beside the main stage's baseline and LRT, seed by seed, at equal
+    FLOPs and at LRT's tokens, with what each costs per generated token."""
+    spec = res.spec
+    if not spec.comparator_cells:
+        return []
+    indices = sorted(
+        {int(label.split(":")[1]) for c in spec.comparator_cells for label in labels_of(spec, "comparators", c.name)}
+    )
+    ratios = res.budget_ratios("main")
+    names = [c.name for c in spec.comparator_cells]
+    base_cost = decode_cost(spec.arms["baseline"].config, 1, spec.arms["baseline"].seq_len // 2, 4)[1]
+    lines = [
+        "## The paper's comparators",
+        "",
+        f"{', '.join(names)} on the baseline's backbone, with the baseline's learning rate, each at the budget's "
+        "training FLOPs and at LRT's tokens (the paper's pairing for this comparison), seeds "
+        f"{', '.join(map(str, spec.comparators.seeds))}, paired with the main stage's runs of the same seeds. BPB: "
+        "a looped transformer with its only memory (zero), PonderLM-2 with its exact recurrence (what generation "
+        "gets). Per generated token, a looped transformer runs its stack `loops` times and PonderLM-2 twice (the "
+        "token, then its thought); the FLOPs column is one generated token's at half the window over the "
+        "baseline's (flops.decode_cost).",
+        "",
+    ]
+    rows = []
+    for i in indices:
+        runs = [("main", "baseline", f"flops:{i}", "baseline, equal FLOPs"), ("main", "lrt", f"flops:{i}", "LRT")]
+        runs.insert(1, ("main", "baseline", f"tokens:{i}", "baseline at LRT's tokens"))
+        for name in names:
+            runs += [
+                ("comparators", name, f"flops:{i}", f"{name}, equal FLOPs"),
+                ("comparators", name, f"tokens:{i}", f"{name} at LRT's tokens"),
+            ]
+        for stage, cell, label, title in runs:
+            found = res.runs(stage, cell, label)
+            some = next(iter(found.values()), None)
+            config = spec.arms[cell].config
+            per_token = decode_cost(config, 1, config.sequence_len // 2, 4)[1] / base_cost
+            rows.append(
+                [
+                    f"{ratios[i]:.3g}",
+                    title,
+                    f"{some['steps']:,}" if some else "-",
+                    f"{some['tokens']:,}" if some else "-",
+                    res.reach(stage, cell, label),
+                    mean_ci(list(res.bpb(stage, cell, label).values())),
+                    str(len(found)),
+                    f"{config.loops * config.slots}",
+                    f"{per_token:.2f}x",
+                ]
+            )
+    header = ["R", "run", "steps", "tokens", REACH, "BPB", "n", "stack passes / token", "FLOPs / token"]
+    lines += table(header, rows)
+    lines += [
+        "",
+        "Paired differences by the verdict rules (a negative difference: the first is better):",
+        "",
+    ]
+    rows = []
+    for i in indices:
+        lrt = res.bpb("main", "lrt", f"flops:{i}")
+        for name in names:
+            for pairing, kind in (("equal FLOPs", "flops"), ("LRT's tokens", "tokens")):
+                mine = res.bpb("comparators", name, f"{kind}:{i}")
+                for first, second, a, b in (
+                    (name, "baseline", mine, res.bpb("main", "baseline", f"{kind}:{i}")),
+                    ("LRT", name, lrt, mine),
+                ):
+                    diffs = paired(a, b)
+                    rows.append(
+                        [
+                            f"{ratios[i]:.3g}",
+                            f"{first} − {second}",
+                            pairing,
+                            diff_ci(diffs),
+                            diff_ci(diffs, 0.90),
+                            str(len(diffs)),
+                            compared(diffs, res.margin, f"{first} better", f"{second} better")
+                            if diffs
+                            else "not run yet",
+                        ]
+                    )
+    header = ["R", "difference", "pairing", "95% CI", "90% CI", "n", "reading"]
+    return lines + table(header, rows) + [""]
 
 
 def ablations(res: Results) -> list[str]:

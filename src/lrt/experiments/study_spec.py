@@ -20,7 +20,7 @@ from pathlib import Path
 from ..budget import CONVENTIONS, Arm, Budget
 from ..config import LRTConfig, check_int, check_number, option
 from ..data.tokenizer import load_tokenizer
-from ..presets import get_preset
+from ..presets import COMPARATOR_SCHEDULES, VARIANTS, get_preset
 from ..schedules import parse_schedule
 from ..train import checkpoint
 from ..train.config import TrainConfig
@@ -117,6 +117,26 @@ class Control:
 
 
 @dataclass
+class Comparators:
+    """[comparators]: the paper's comparators (presets.COMPARATOR_SCHEDULES), each trained with its
+    schedule and the baseline's learning rate at some of the study's budgets, paired seed by seed
+    with the main stage's baseline and LRT at equal FLOPs and at LRT's tokens."""
+
+    names: list[str]
+    ratios: list[float] | None = None  # of study.ratios / study.budgets (default: all)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    def __post_init__(self):
+        if not isinstance(self.names, list) or not self.names or not all(n in COMPARATOR_SCHEDULES for n in self.names):
+            raise ValueError(
+                f"comparators.names must list some of {', '.join(COMPARATOR_SCHEDULES)}, got {self.names!r}"
+            )
+        if self.ratios is not None:
+            _check_amounts("comparators.ratios", self.ratios)
+        _check_seeds("comparators.seeds", self.seeds)
+
+
+@dataclass
 class Referee:
     """[referee]: the reference LRT trained by each schedule for the same steps at a short length."""
 
@@ -170,17 +190,15 @@ def _table(cls, name: str, table: dict):
 
 @dataclass(frozen=True)
 class Cell:
-    """One variant: a name ("baseline", "lrt" or "field=value"), its schedule and overrides."""
+    """One variant: a name ("baseline", "lrt", "field=value" or a comparator's), its schedule and
+    overrides, and whose learning rate it trains with: the baseline's (the comparators too, on its
+    backbone) or LRT's (ablations too)."""
 
     name: str
     schedule: str
     model: dict
     train: dict
-
-    @property
-    def arm(self) -> str:
-        """Whose learning rate it trains with: the baseline's, or LRT's (ablations too)."""
-        return "baseline" if self.name == "baseline" else "lrt"
+    arm: str = "lrt"
 
     def config(self, base: dict, **fields) -> TrainConfig:
         d = {**base, **self.train, "schedule": self.schedule, **fields}
@@ -229,6 +247,8 @@ class Spec:
     lr_check: LRCheck | None = None
     control: Control | None = None
     referee: Referee | None = None
+    comparators: Comparators | None = None
+    comparator_cells: list[Cell] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
@@ -244,7 +264,10 @@ class Spec:
 
 
 def memories_of(cell: Cell) -> tuple[str, ...]:
-    """What a run's end is scored with: LRT's exact, parallel and zero memory; the baseline's zero."""
+    """What a run's end is scored with: LRT's exact, parallel and zero memory; the baseline's (and
+    a looped transformer's) zero; PonderLM-2's exact and parallel (its thoughts are its memory)."""
+    if cell.model.get("latent_thoughts"):
+        return ("exact", "parallel")
     return ("zero",) if cell.schedule == "baseline" else ("exact", "parallel", "zero")
 
 
@@ -254,21 +277,22 @@ def branch_point(steps: int, cooldown: float) -> int:
 
 
 def _trunk_units(
-    spec: Spec, stage: str, cells: list[Cell], seeds: list[int], budgets: list[Budget], train: dict
+    spec: Spec, stage: str, cells: list[Cell], seeds: list[int], budgets: dict[int, Budget], train: dict
 ) -> list[Unit]:
-    """Per cell and seed, a trunk and its branches: each budget, and for the baseline LRT's step
-    counts (equal tokens) where the study asks for them."""
+    """Per cell and seed, a trunk and its branches: each budget (by its index in the stage's
+    list), and for the baseline and the comparators LRT's step counts (equal tokens) where the
+    study asks for them."""
     s = spec.settings
-    lrt_steps = {b.steps(spec.arms["lrt"]) for b in budgets}
+    lrt_steps = {b.steps(spec.arms["lrt"]) for b in budgets.values()}
     units = []
     for seed in seeds:
         for cell in cells:
             arm = spec.arms[cell.name]
             labels: dict[int, list[str]] = {}
-            for i, b in enumerate(budgets):
+            for i, b in budgets.items():
                 labels.setdefault(b.steps(arm), []).append(f"flops:{i}")
-            if cell.name == "baseline" and s.equal_tokens:
-                for i, b in enumerate(budgets):
+            if cell.arm == "baseline" and s.equal_tokens:
+                for i, b in budgets.items():
                     labels.setdefault(b.steps(spec.arms["lrt"]), []).append(f"tokens:{i}")
             root = spec.out / stage / cell.name / f"seed{seed}"
             points = sorted({branch_point(n, s.cooldown) for n in labels} - {0})
@@ -386,7 +410,7 @@ def load_spec(path: str | Path, out: str | Path) -> Spec:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path} is not valid TOML ({e})") from None
-    tables = {"study", "train", "reference", "ablations", "lr_check", "control", "referee"}
+    tables = {"study", "train", "reference", "ablations", "lr_check", "control", "referee", "comparators"}
     unknown = set(raw) - tables
     if unknown:
         raise ValueError(f"{path}: unknown table(s) {sorted(unknown)}")
@@ -400,7 +424,7 @@ def load_spec(path: str | Path, out: str | Path) -> Spec:
 def _cells(reference: dict, ablations: dict) -> list[Cell]:
     model, extra = _split(reference)
     cells = [
-        Cell("baseline", "baseline", {}, {}),
+        Cell("baseline", "baseline", {}, {}, arm="baseline"),
         Cell("lrt", reference.get("schedule", "interleaved:2"), model, extra),
     ]
     for key, values in ablations.items():
@@ -457,13 +481,18 @@ def _build(path: Path, out: Path, raw: dict) -> Spec:
             table, {k: v for k, v in d.items() if k in set_by_study - {"schedule"}}, set(), "the study sets it per run"
         )
     cells = _cells(reference, ablations)
+    comparators = _table(Comparators, "comparators", raw["comparators"]) if "comparators" in raw else None
+    comparator_cells = [
+        Cell(name, COMPARATOR_SCHEDULES[name], VARIANTS[name], {}, arm="baseline")
+        for name in (comparators.names if comparators else [])
+    ]
     probe = cells[0].config(train, out=str(out))
     try:
         vocab = load_tokenizer(probe.tokenizer).vocab_size
     except FileNotFoundError:  # not trained yet (a dry run of a GPU study): the preset's vocabulary
         vocab = get_preset(probe.preset).bench_vocab
     arms = {}
-    for cell in cells:  # each run is one process (a GPU or a share of the cores): world size 1
+    for cell in cells + comparator_cells:  # each run is one process (a GPU or a share of the cores): world size 1
         cfg = cell.config(train, out=str(out))
         model_config = cfg.model_config(vocab, bos_id=0)
         arms[cell.name] = Arm(
@@ -473,6 +502,11 @@ def _build(path: Path, out: Path, raw: dict) -> Spec:
         )
     budgets = _budgets(arms, settings.amounts, settings.budgets is not None, settings.convention)
     spec = Spec(path, out, settings.name or path.stem, settings, train, cells, arms, budgets, [])
+    spec.comparators, spec.comparator_cells = comparators, comparator_cells
+    if comparators is not None and comparators.ratios is not None:
+        missing = [r for r in comparators.ratios if r not in settings.amounts]
+        if missing:
+            raise ValueError(f"comparators.ratios {missing} are not budgets of the study ({settings.amounts})")
     if "lr_check" in raw:
         spec.lr_check = LRCheck.from_table(raw["lr_check"])
     if "control" in raw:
@@ -512,18 +546,29 @@ def plan_units(spec: Spec, choice: dict[str, float] | None) -> list[Unit]:
                 arm_train = {**base, "optim": {**base.get("optim", {}), spec.lr_check.field: choice[cell.arm]}}
             per_arm.append(_trunk_units(spec, stage, [cell], seeds, budgets, arm_train))
         stages[stage] = [u for by_seed in zip(*per_arm) for u in by_seed]
-    # the control comes after the main stage's first seeds: a study stopped early still has both
+    # the comparators and the control come after the main stage's first seeds: a study stopped
+    # early still has the main comparison and them
     first = len(spec.cells) * min(FIRST_SEEDS, len(spec.seeds))
     main = stages["main"]
-    return units + main[:first] + stages.get("control", []) + main[first:]
+    return units + main[:first] + stages.get("comparators", []) + stages.get("control", []) + main[first:]
 
 
 def _trunk_stages(spec: Spec, train: dict):
-    yield "main", spec.cells, spec.seeds, spec.budgets, train
+    yield "main", spec.cells, spec.seeds, dict(enumerate(spec.budgets)), train
+    if spec.comparators is not None:  # at the main stage's budgets (and indices), to pair with its runs
+        c, amounts = spec.comparators, spec.settings.amounts
+        chosen = {i: b for i, b in enumerate(spec.budgets) if c.ratios is None or sorted(amounts)[i] in c.ratios}
+        yield "comparators", spec.comparator_cells, c.seeds, chosen, train
     if spec.control is not None:
         c = spec.control
         budgets = _budgets(spec.arms, c.ratios, False, spec.settings.convention)
-        yield "control", spec.cells[:2], c.seeds, budgets, {**train, "data": c.data, "val_data": c.val_data}
+        yield (
+            "control",
+            spec.cells[:2],
+            c.seeds,
+            dict(enumerate(budgets)),
+            {**train, "data": c.data, "val_data": c.val_data},
+        )
 
 
 def waits_for_lr_check(spec: Spec) -> bool:

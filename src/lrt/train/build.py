@@ -24,7 +24,7 @@ from ..data import PackedLoader, train_val_sources, validation_rows
 from ..data.sources import earliest
 from ..data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_reference
 from ..model import LRT, compile_model
-from ..schedules import Schedule, checked_plan, reads_memory
+from ..schedules import Schedule, check_schedule_for, reads_memory
 from . import checkpoint, distributed
 from .config import TrainConfig
 from .curves import read_metrics
@@ -180,9 +180,7 @@ def _build_on_rank(cfg: TrainConfig, world: World, device: torch.device, resumed
     tokenizer = load_tokenizer(cfg.tokenizer) if resumed is None else _own_tokenizer(cfg, resumed, record)
     config = cfg.model_config(tokenizer.vocab_size, tokenizer.bos_id)
     schedule = cfg.make_schedule()
-    checked_plan(schedule, config.sequence_len)  # a schedule the sequence cannot take fails now
-    if cfg.schedule != "baseline" and config.injection == "none":
-        raise ValueError(f"schedule {cfg.schedule} needs a recurrent pathway, but the model has injection='none'")
+    check_schedule_for(config, schedule)
     grad_accum = cfg.accumulation(world.size, config.sequence_len)
     train_source, val_source = train_val_sources(cfg.data, cfg.val_data)
     # the seed orders the documents too: two runs with one seed (a baseline and an LRT) read the same batches

@@ -11,7 +11,7 @@ from ..attention import ATTENTION_CHOICES, check_attention
 from ..budget import tokens_per_step
 from ..config import LRTConfig, check_int, option
 from ..presets import PRESET_NAMES, get_preset
-from ..schedules import SCHEDULE_SPECS, Schedule, parse_schedule
+from ..schedules import SCHEDULE_SPECS, Baseline, Jacobi, Schedule, parse_schedule
 from .distributed import BACKENDS, PARALLEL
 from .optim import OptimConfig
 
@@ -149,11 +149,15 @@ class TrainConfig:
         return parse_schedule(self.schedule)
 
     def model_config(self, vocab_size: int, bos_id: int | None = None) -> LRTConfig:
-        """The preset, the schedule's implication (baseline = plain transformer), then overrides;
-        the tokenizer's vocabulary, and its <|bos|> where memory resets there."""
+        """The preset, the schedule's implication (baseline: a plain transformer, looped with
+        `loops`; jacobi: PonderLM-2, one latent thought unless `latent_thoughts` says), then
+        overrides; the tokenizer's vocabulary, and its <|bos|> where memory resets there."""
         d = dict(get_preset(self.preset).shape)
-        if self.schedule == "baseline":
+        schedule = self.make_schedule()
+        if isinstance(schedule, (Baseline, Jacobi)):
             d["injection"] = "none"
+        if isinstance(schedule, Jacobi):
+            d["latent_thoughts"] = 1
         d.update(self.model)
         if self.seq_len is not None:
             d["sequence_len"] = self.seq_len
