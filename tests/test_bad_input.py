@@ -32,6 +32,8 @@ BAD_FIELDS = {
     "residual_init": ['"x"', "NaN", "-Infinity"],
     "reset_memory_at_bos": ['"yes"', "2", "null"],
     "bos_id": ["3"],  # comes from the tokenizer
+    "loops": ["0", "-1", '"x"', "1.5", "2"],  # 2: a comparator needs injection none
+    "latent_thoughts": ["-1", '"x"', "true", "1"],
     "n_layers": ["3"],  # not a field
 }
 assert set(BAD_FIELDS) - {"n_layers"} == {f.name for f in __import__("dataclasses").fields(__import__("lrt").LRTConfig)}
@@ -57,7 +59,7 @@ BAD_TRAIN_FLAGS = {
     "--warmdown-ratio": ["2", "nan"],
     "--final-lr-frac": ["nan", "2"],
     "--preset": ["", "d0", "dx", "huge"],
-    "--schedule": ["", "jacobi", "interleaved:0", "chunked:-1", "multirefine:x", "interleaved:99"],
+    "--schedule": ["", "gauss-seidel", "jacobi:0", "interleaved:0", "chunked:-1", "multirefine:x", "interleaved:99"],
     "--dtype": ["float16"],
     "--attention": ["flash"],
     "--optimizer": ["sgd"],

@@ -3,6 +3,7 @@ import collections
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from lrt.data import PackedLoader, bundled_corpus, bundled_works, open_source, train_val_sources, validation_rows
 from lrt.data.sources import VALIDATION_WORKS, TextSource, passages, pieces
@@ -105,48 +106,38 @@ def test_loader_resumes_exactly():
         assert xa.equal(xb) and ya.equal(yb)
 
 
-def test_ranks_read_disjoint_documents_that_cover_the_stream():
-    docs = [f"doc {i:03d}" for i in range(20)]
-    seen = []
-    for rank in range(2):
-        loader = _loader(docs, batch=1, seq_len=8, rank=rank, world_size=2, loop=False)
-        rows = []
-        while (row := loader.next_row()) is not None:
-            rows.append(TOK.decode(row))
-        seen.append(set(rows))
-    assert seen[0] and seen[1] and not seen[0] & seen[1]
-    src = TextSource(docs, "t")
-    shards = [[t for t, _ in src.iterate(loop=False, shard=(rank, 2))] for rank in range(2)]
-    assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == sorted(docs)
+def test_ranks_take_their_share_of_one_global_stream():
+    """Rank r of N takes rows r B .. (r + 1) B - 1 of each global micro-batch of N B rows: one
+    process with N B rows per batch reads the same rows (issue 22)."""
+    docs = [f"doc {i:03d} " + "x" * (i % 7) for i in range(60)]
+    one = _loader(docs, batch=6, seq_len=8)
+    ranks = [_loader(docs, batch=2, seq_len=8, rank=rank, world_size=3) for rank in range(3)]
+    for _ in range(12):
+        x, y = one.next_batch()
+        shares = [loader.next_batch() for loader in ranks]
+        assert torch.equal(torch.cat([s[0] for s in shares]), x) and torch.equal(torch.cat([s[1] for s in shares]), y)
+    states = [loader.state_dict() for loader in ranks]
+    assert all(s["position"] == one.state_dict()["position"] for s in states)  # every rank holds the global state
 
 
-def test_ranks_read_disjoint_row_groups(tmp_path):
-    for f in range(2):  # 2 files x 3 row groups of 2 documents
-        table = pa.table({"text": [f"file {f} doc {i}" for i in range(6)]})
-        pq.write_table(table, tmp_path / f"shard_{f}.parquet", row_group_size=2)
-    src = open_source(tmp_path)
-    shards = [[t for t, _ in src.iterate(loop=False, shard=(rank, 4))] for rank in range(4)]
-    assert shards[0] == ["file 0 doc 0", "file 0 doc 1", "file 1 doc 2", "file 1 doc 3"]  # groups 0 and 4
-    assert sorted(sum(shards, [])) == sorted(t for t, _ in src.iterate(loop=False))
+def test_a_parquet_stream_is_the_same_for_every_world_size_even_with_one_row_group(tmp_path):
+    """A rank no longer owns row groups, so one row group feeds every rank (issue 22, bug 3)."""
+    pq.write_table(pa.table({"text": [f"doc {i} " + "y" * i for i in range(12)]}), tmp_path / "one.parquet")
+    src = open_source(tmp_path / "one.parquet")
+    one = PackedLoader(src, TOK, batch_size=4, seq_len=8)
+    ranks = [PackedLoader(src, TOK, batch_size=2, seq_len=8, rank=rank, world_size=2) for rank in range(2)]
+    for _ in range(5):
+        x, _ = one.next_batch()
+        assert torch.equal(torch.cat([loader.next_batch()[0] for loader in ranks]), x)
 
 
-def test_a_new_world_size_restarts_at_the_earliest_position_and_skips_nothing():
+def test_an_older_runs_ranks_restart_at_the_earliest_position():
     from lrt.data.sources import earliest
 
     src = TextSource([f"document {i:02d}" for i in range(40)], "t")
-    consumed, positions = set(), []
-    for rank, count in ((0, 5), (1, 9)):  # two old ranks that had read different amounts
-        for (text, position), _ in zip(src.iterate(shard=(rank, 2)), range(count)):
-            consumed.add(text)
-        positions.append(position)
-    start = earliest(positions)
-    assert start == positions[0]
-    after = set()
-    for rank in range(3):  # three new ranks
-        after |= {text for (text, _), _ in zip(src.iterate(start, shard=(rank, 3)), range(8))}
-    order = [src.documents[i] for i in src.order(0)]
-    next_unread = [d for d in order[start["index"] : start["index"] + 20] if d not in consumed]
-    assert next_unread and set(next_unread) <= after  # nothing skipped; some documents come twice
+    positions = [position for (_, position), _ in zip(src.iterate(), range(9))]
+    assert earliest([positions[8], positions[4], positions[6]]) == positions[4]
+    assert earliest([{"epoch": 1, "index": 0, "piece": 0}, positions[8]]) == positions[8]
 
 
 def test_text_files_and_folders(tmp_path):

@@ -100,6 +100,34 @@ def test_fsdp2_on_two_ranks_trains_what_one_process_trains(data, tmp_path):
     assert weights.config.n_layer == 2
 
 
+def test_fsdp2_in_bfloat16_trains_what_ddp_in_bfloat16_trains(data, tmp_path):
+    """FSDP2's mixed precision rebuilds each block's inputs to cast them (issue 22, bug 1)."""
+    args = ("--steps", "3", "--batch-size", "2", "--dtype", "bfloat16")
+    ddp = run(*train_args(data, tmp_path / "ddp", *args), nproc=2)
+    fsdp = run(*train_args(data, tmp_path / "fsdp", *args, "--parallel", "fsdp"), nproc=2)
+    assert ddp.returncode == 0 and fsdp.returncode == 0, fsdp.stderr[-3000:]
+    assert_close(metrics(tmp_path / "fsdp"), metrics(tmp_path / "ddp"), tol=2e-2)  # bf16 casts in other places
+
+
+@pytest.mark.parametrize("rows", [33, 1])
+def test_fsdp2_validates_rows_the_ranks_cannot_share_evenly(data, tmp_path, rows):
+    """Every block forward of FSDP2 is a collective: a rank with fewer validation rows (or none)
+    must not leave the other waiting (issue 22, bug 2)."""
+    val = tmp_path / "val.parquet"
+    pq.write_table(pq.read_table(data / "train.parquet").slice(0, rows), val, row_group_size=4)
+    args = ("--steps", "2", "--eval-tokens", str(rows * T), "--val-data", str(val))
+    one = run(*train_args(data, tmp_path / "one", "--batch-size", "4", *args))
+    fsdp = subprocess.run(
+        lrt(*train_args(data, tmp_path / "fsdp", "--batch-size", "2", "--parallel", "fsdp", *args), nproc=2),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert one.returncode == 0 and fsdp.returncode == 0, fsdp.stderr[-3000:]
+    assert_close(metrics(tmp_path / "fsdp"), metrics(tmp_path / "one"))
+
+
 def test_a_run_killed_under_torchrun_resumes_to_the_uninterrupted_losses(data, tmp_path):
     args = ("--steps", "8", "--batch-size", "2", "--save-every", "1", "--keep", "3")
     reference = run(*train_args(data, tmp_path / "reference", *args), nproc=2)
@@ -132,6 +160,38 @@ def test_another_world_size_resumes_model_and_optimizer(data, tmp_path):
     (_, _, resumed_loss), (_, _, reference_loss) = metrics(tmp_path / "two")[-1], metrics(tmp_path / "ref")[-1]
     # the data restarts at the old ranks' earliest position, so not bit-exact; a fresh model would score ~5.5
     assert abs(resumed_loss - reference_loss) < 0.05 * reference_loss
+
+
+def test_one_process_and_two_ranks_read_one_data_stream_and_resume_across_world_sizes(tmp_path):
+    """The bundled corpus (documents of every length, packed across rows): at the same total batch,
+    one process and two ranks train on the same rows, and a run moved from two ranks to one
+    continues exactly (issue 22: one global data stream; bug 4)."""
+    args = ("train", "--preset", "tiny", "--eval-every", "2", "--eval-tokens", "256", "--no-final-decode")
+    total = ("--total-batch-size", str(4 * 64))
+    one = run(*args, *total, "--steps", "4", "--batch-size", "4", "--out", str(tmp_path / "one"))
+    two = run(*args, *total, "--steps", "2", "--batch-size", "2", "--out", str(tmp_path / "two"), nproc=2)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert_close(metrics(tmp_path / "two"), metrics(tmp_path / "one")[: len(metrics(tmp_path / "two"))])
+    moved = run("train", "--resume", str(tmp_path / "two"), "--steps", "4", "--batch-size", "4")
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert_close(metrics(tmp_path / "two", kinds=("train",)), metrics(tmp_path / "one", kinds=("train",)))
+
+
+def test_a_parquet_file_of_one_row_group_feeds_every_rank(tmp_path):
+    """No rank owns row groups any more: one group is not left to rank 0 while rank 1 spins (bug 3)."""
+    pq.write_table(
+        pa.table({"text": [f"document {i} " + "z" * (i % 30) for i in range(300)]}), tmp_path / "one.parquet"
+    )
+    result = subprocess.run(
+        lrt(*train_args(tmp_path, tmp_path / "run", "--steps", "2", "--batch-size", "2"), nproc=2)
+        + ["--data", str(tmp_path / "one.parquet"), "--val-data", str(tmp_path / "one.parquet")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [s for k, s, _ in metrics(tmp_path / "run", kinds=("train",))] == [1, 2]
 
 
 @pytest.fixture(scope="module")

@@ -90,3 +90,11 @@ def test_a_study_table_is_study_settings(tmp_path):
         spec = load_spec(path, tmp_path / "out")
         steps[convention] = spec.budgets[0].steps(spec.arms["baseline"])
     assert steps["total"] > steps["scaling"]
+
+
+def test_the_recipes_micro_batch_fits_d20_lrt_on_an_80_gb_gpu():
+    """Issue 22, bug 5: measured on an H200 at d20, bf16, batch 8 x 2048 (docs/performance.md),
+    LRT's forward+backward peaks at 53.8 GiB above the 8.6 GiB of weights and optimizer state, and
+    the peak grows with the micro-batch; an 80 GB H100 offers 74.5 GiB. The recipe's default was 16."""
+    per_row, held, usable = 53.8 / 8, 8.6, 74.5
+    assert RecipeSettings().batch_size * per_row + held <= usable < 16 * per_row + held

@@ -11,6 +11,7 @@ from .schedules import (
     Baseline,
     Chunked,
     Interleaved,
+    Jacobi,
     MultiRefine,
     Schedule,
     ScheduleOutput,
@@ -49,6 +50,7 @@ __all__ = [
     "MultiRefine",
     "Chunked",
     "Sequential",
+    "Jacobi",
     "parse_schedule",
     "TrainConfig",
 ]

@@ -142,10 +142,13 @@ class PassContext:
     shared_mem_kv: torch.Tensor | None = None  # LRT-shared Wk m, Wv m
     backend: str = "sdpa"  # how a subset pass attends (ATTENTION_BACKENDS); the model's choice
     masks: dict = field(default_factory=dict)  # window -> what attend needs, from prepare()
-    per_sequence: bool = field(init=False)  # each sequence at its own positions (decoding): one dense mask
 
-    def __post_init__(self):
-        self.per_sequence = self.span is None
+    # derived, not a field: FSDP2's mixed precision rebuilds the context (dataclasses.replace) to
+    # cast its tensors, which a field set in __post_init__ cannot survive
+    @property
+    def per_sequence(self) -> bool:
+        """Each sequence at its own positions (decoding): one dense mask."""
+        return self.span is None
 
     def _mask(self, window: int | None, query_pos: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         key_pos = torch.arange(lo, hi, device=query_pos.device)

@@ -5,6 +5,12 @@ each row is filled with the longest document that still fits, again and again; w
 the oldest document is split: its head fills the row and its tail returns to the buffer as a new
 document with its own BOS. So every token of the data is trained on, and rows never straddle a
 document without a BOS. The loader's state (source position + buffer) is a JSON-able dict.
+
+**One global stream.** The rows are the same whatever the world size: every rank packs the whole
+stream and keeps its share of each global micro-batch (rank r of N the rows r B .. (r + 1) B - 1 of
+N B), so one process and N ranks at the same total batch train on the same rows, every rank's
+state is the same, and a run resumes on any world size exactly where it stopped. The price is
+that each rank tokenizes the whole stream, not 1/N of it.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import torch
 
 
 class PackedLoader:
-    """Rows packed from `source`; with rank and world_size, from this rank's shard of it (its own
-    documents or row groups: the ranks of a run read disjoint parts of the stream)."""
+    """Rows packed from `source`; with rank and world_size, this rank's share of each global
+    micro-batch of world_size x batch_size rows (one stream for every world size)."""
 
     def __init__(
         self,
@@ -30,7 +36,7 @@ class PackedLoader:
     ):
         self.source, self.tokenizer = source, tokenizer
         self.batch_size, self.row_len = batch_size, seq_len + 1
-        self.buffer_docs, self.shard, self.loop = buffer_docs, (rank, world_size), loop
+        self.buffer_docs, self.rank, self.world_size, self.loop = buffer_docs, rank, world_size, loop
         self.seed = seed  # the source's document order (TextSource.order)
         self.position: dict | None = None  # source position after the last document read
         self.buffer: list[list[int]] = []
@@ -38,7 +44,7 @@ class PackedLoader:
 
     def _next_document(self) -> list[int] | None:
         if self._iterator is None:
-            self._iterator = self.source.iterate(self.position, loop=self.loop, shard=self.shard, seed=self.seed)
+            self._iterator = self.source.iterate(self.position, loop=self.loop, seed=self.seed)
         for text, position in self._iterator:
             self.position = position
             return [self.tokenizer.bos_id] + self.tokenizer.encode(text)
@@ -69,13 +75,15 @@ class PackedLoader:
         return row
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(inputs, targets), each (batch_size, seq_len); None when a one-pass source ends."""
+        """(inputs, targets), each (batch_size, seq_len): this rank's share of the next global
+        micro-batch; None when a one-pass source ends."""
         rows = []
-        for _ in range(self.batch_size):
+        for _ in range(self.world_size * self.batch_size):
             row = self.next_row()
             if row is None:
                 break
             rows.append(row)
+        rows = rows[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         if not rows:
             return None
         data = torch.tensor(rows, dtype=torch.long)
@@ -90,7 +98,8 @@ class PackedLoader:
         }
 
     def restart(self, position: dict | None) -> None:
-        """Continue from `position` with an empty buffer (a run resumed with another world size)."""
+        """Continue from `position` with an empty buffer (a multi-rank run of an older lrt, whose
+        ranks read disjoint parts of the stream, resumed with another world size)."""
         self.position, self.buffer, self._iterator = position, [], None
 
     def load_state_dict(self, state: dict) -> None:

@@ -86,21 +86,16 @@ class TextSource:
             random.Random(epoch + SEED_STRIDE * seed).shuffle(order)
         return order
 
-    def iterate(
-        self, position: dict | None = None, loop: bool = True, shard: tuple[int, int] = (0, 1), seed: int = 0
-    ) -> Iterator[tuple[str, dict]]:
-        """Documents from `position` on, in `seed`'s order; with shard (rank, world), those at
-        epoch-order indices i with i % world == rank."""
+    def iterate(self, position: dict | None = None, loop: bool = True, seed: int = 0) -> Iterator[tuple[str, dict]]:
+        """Documents from `position` on, in `seed`'s order."""
         p = {"epoch": 0, "index": 0, "piece": 0, **(position or {})}
         epoch, index, piece = p["epoch"], p["index"], p["piece"]
-        rank, world = shard
         while True:
             order = self.order(epoch, seed)
             while index < len(order):
-                if index % world == rank:
-                    here = {"epoch": epoch, "index": index}
-                    for text, more, after in _resume_pieces(self.documents[order[index]], piece, here):
-                        yield text, after if more else {"epoch": epoch, "index": index + 1, "piece": 0}
+                here = {"epoch": epoch, "index": index}
+                for text, more, after in _resume_pieces(self.documents[order[index]], piece, here):
+                    yield text, after if more else {"epoch": epoch, "index": index + 1, "piece": 0}
                 index, piece = index + 1, 0
             if not loop:
                 return
@@ -178,25 +173,17 @@ class ParquetSource:
                 raise ValueError(f"{f} has no 'text' column (columns: {', '.join(meta.schema_arrow.names)})")
             self.row_groups.append(meta.num_row_groups)
 
-    def iterate(
-        self, position: dict | None = None, loop: bool = True, shard: tuple[int, int] = (0, 1), seed: int = 0
-    ) -> Iterator[tuple[str, dict]]:
-        """Documents from `position` on; with shard (rank, world), those of the row groups g
-        (numbered across files) with g % world == rank: a rank reads only its own row groups.
-        Shards are read in file order whatever the seed: pretraining shards come shuffled
-        (FineWeb-Edu), and reordering row groups would cost a read per group."""
+    def iterate(self, position: dict | None = None, loop: bool = True, seed: int = 0) -> Iterator[tuple[str, dict]]:
+        """Documents from `position` on. Shards are read in file order whatever the seed:
+        pretraining shards come shuffled (FineWeb-Edu), and reordering row groups would cost a
+        read per group."""
         import pyarrow.parquet as pq
 
         p = {"epoch": 0, "file": 0, "group": 0, "row": 0, "piece": 0, **(position or {})}
-        rank, world = shard
-        first_group = [sum(self.row_groups[:f]) for f in range(len(self.files))]
         while True:
             while p["file"] < len(self.files):
                 pf = pq.ParquetFile(self.files[p["file"]])
                 while p["group"] < self.row_groups[p["file"]]:
-                    if (first_group[p["file"]] + p["group"]) % world != rank:
-                        p["group"], p["row"], p["piece"] = p["group"] + 1, 0, 0
-                        continue
                     texts = pf.read_row_group(p["group"], columns=["text"]).column("text").to_pylist()
                     while p["row"] < len(texts):
                         here = {k: p[k] for k in ("epoch", "file", "group", "row")}
@@ -221,8 +208,9 @@ class ParquetSource:
 
 
 def earliest(positions: list[dict]) -> dict:
-    """The position no later than any of `positions` (of one source): where ranks of another
-    world size restart, so that no document is skipped (a few are read again)."""
+    """The position no later than any of `positions` (of one source): where the ranks of an older
+    lrt's run, which read disjoint parts of the stream, restart, so that no document is skipped
+    (a few are read again)."""
     keys = ("epoch", "file", "group", "index", "row", "piece")
     return min(positions, key=lambda p: tuple(p.get(k, 0) for k in keys))
 

@@ -124,11 +124,18 @@ def evaluate_bpb(
     labels = {m.mode: pass_labels(model.config, m.schedule, T) for m in memories if m.mode == "parallel"}
     pass_tallies = [_Tally(T) for _ in labels.get("parallel", ())]
     mine = rows if world is None else rows[world.rank :: world.size]
-    for batch in tqdm(mine.split(batch_size), desc="bpb", disable=not progress, leave=False):
-        batch = batch.to(device)
+    # every rank reads as many batches: under FSDP2 each forward is a collective, so a rank with a
+    # row fewer (or none) reads a stand-in row, uncounted, instead of leaving the others waiting
+    share = len(mine) if world is None else -(-rows.size(0) // world.size)
+    for k in tqdm(range(0, share, batch_size), desc="bpb", disable=not progress, leave=False):
+        batch = mine[k : k + batch_size]
+        counted = batch.size(0) > 0
+        batch = (batch if counted else rows[:1]).to(device)
         x, y = batch[:, :-1], batch[:, 1:]
         for memory in memories:
             output = read(model, x, memory).output
+            if not counted:
+                continue
             if memory.mode != "parallel":
                 tallies[memory.mode].add(output.logits, y, token_bytes)
                 continue

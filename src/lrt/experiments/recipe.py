@@ -52,7 +52,8 @@ class RecipeSettings:
     vocab_size: int = 32768
     # tokens per optimizer step (nanochat's d20 choice)
     total_batch_size: int = option(524288, "tokens per step (default 524288)")
-    batch_size: int = option(16, "sequences per micro-batch and rank (16)")
+    # d20 LRT at 8 x 2048 peaks at 62.4 GiB (fits 80 GB GPUs); at 16 it would need about 116 GiB (README)
+    batch_size: int = option(8, "sequences per micro-batch and rank (8)")
     # `lrt download shards` and `lrt download core-bundle` fetch these
     data: str = option("data/fineweb-edu", "FineWeb-Edu parquet shards (default data/fineweb-edu)")
     bundle: str = option("data/eval_bundle", "the CORE bundle (default data/eval_bundle)")

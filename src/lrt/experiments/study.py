@@ -233,7 +233,11 @@ def run_study(spec: Spec, out: Path, jobs: int = 1, progress: bool = True) -> li
     try:
         kept = out / "spec.toml"
         if kept.exists() and kept.read_bytes() != spec.path.read_bytes():
-            if not extends(spec, open_study(out)):
+            try:
+                previous = open_study(out)
+            except ValueError:  # not even a spec of this lrt: another study all the more
+                previous = None
+            if previous is None or not extends(spec, previous):
                 raise ValueError(
                     f"{out} holds another study ({kept} differs from {spec.path}, and not only by runs it adds): "
                     f"choose another --out, or continue it with lrt study run {kept} --out {out}"

@@ -241,8 +241,8 @@ def _read_resumable(cfg: TrainConfig, path: Path, record: dict, config: LRTConfi
 def _restore(parts: RunParts, saved: Saved) -> None:
     """Weights and optimizer moments through torch.distributed.checkpoint's full state dicts
     (any world size, any parallel mode); the rates and weight decay from this run's config, so
-    learning-rate flags given with --resume apply; each rank's data position where the world
-    size is the same, else the earliest position of the old ranks."""
+    learning-rate flags given with --resume apply; the data stream where it stopped, on any world
+    size (an older lrt's run, whose ranks read parts of the stream: at its ranks' earliest position)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)
@@ -254,10 +254,15 @@ def _restore(parts: RunParts, saved: Saved) -> None:
             group["initial_lr"], group["weight_decay"] = lr, weight_decay
     loaders, world = saved.state["loaders"], parts.world
     if len(loaders) == world.size:
-        parts.loader.load_state_dict(loaders[world.rank])
         checkpoint.set_rng_state(saved.state["rngs"][world.rank])
-    else:
+    if all(same_loader_state(s, loaders[0]) for s in loaders):  # one global stream: continue it exactly
+        parts.loader.load_state_dict(loaders[0])
+    else:  # an older lrt's run, whose ranks read disjoint parts of the stream
         parts.loader.restart(earliest([s["position"] for s in loaders if s["position"] is not None] or [{}]))
+
+
+def same_loader_state(a: dict, b: dict) -> bool:
+    return a["position"] == b["position"] and all(torch.equal(a[k], b[k]) for k in ("buffer_tokens", "buffer_lengths"))
 
 
 def _claim_folder(parts: RunParts) -> None:
