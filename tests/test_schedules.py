@@ -209,7 +209,7 @@ def test_a_spec_without_its_parameter_takes_the_default():
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("jacobi", "schedule must be one of baseline, interleaved"),
+        ("gauss-seidel", "schedule must be one of baseline, interleaved"),
         ("interleaved:two", "subsets must be an integer, got 'two'"),
         ("interleaved:0", "subsets must be an integer >= 1"),
         ("baseline:2", "takes no parameter"),

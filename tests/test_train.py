@@ -98,7 +98,7 @@ def _bad_inputs(tmp, good):
         "not utf-8": (["--data", str(tmp / "latin1.txt")], "not UTF-8"),
         "no text column": (["--data", str(tmp / "no_text.parquet")], "no 'text' column"),
         "unknown preset": (["--preset", "huge"], "preset must be one of"),
-        "unknown schedule": (["--schedule", "jacobi"], "schedule must be one of"),
+        "unknown schedule": (["--schedule", "gauss-seidel"], "schedule must be one of"),
         "seq len too short": (["--seq-len", "1"], "seq_len must be an integer >= 2"),
         "subsets beyond seq len": (["--seq-len", "8", "--schedule", "interleaved:9"], r"subsets must be in 1\.\.8"),
         "bad schedule parameter": (["--schedule", "chunked:0"], "chunk must be an integer >= 1"),
