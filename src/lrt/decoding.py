@@ -66,7 +66,7 @@ def token_step(model, tokens: torch.Tensor, state: DecodeState, kv_len: int | No
             pos + j,
             memory,
             state.cache,
-            kv_len=None if kv_len is None else kv_len + j,
+            kv_len=None if kv_len is None else min(kv_len + j, state.max_len),  # a finished row may sit at the end
             inputs=inputs,
             token_pos=pos // n if n > 1 else None,
         )
