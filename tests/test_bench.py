@@ -29,6 +29,8 @@ def test_bench_train_report(tmp_path, capsys):
                 "16",
                 "--batch-size",
                 "1",
+                "--total-batch-size",
+                "32",
                 "--repeats",
                 "2",
                 "--warmup",
@@ -47,8 +49,12 @@ def test_bench_train_report(tmp_path, capsys):
     assert results["baseline"]["ratio_step"] == 1.0 and results["baseline"]["ideal_flop_ratio"] == 1.0
     assert 2.0 < results["interleaved:2"]["ideal_flop_ratio"] < 2.2  # two passes plus the pathway
     assert results["chunked:64"]["ideal_flop_ratio"] < 1.2  # one pass (C > T: a single chunk)
+    assert report["tokens_per_step"] == 32  # two micro-batches of 16 tokens per optimizer step
     for r in results.values():
-        assert len(r["step"]["samples"]) == 2 and r["activation_bytes"] > 0 and r["tokens_per_s"] > 0
+        assert len(r["step"]["samples"]) == 2 and r["activation_bytes"] > 0
+        assert r["tokens_per_s"] == pytest.approx(32 / r["step"]["median"])
+        # a step is its two micro-batches and then the optimizer
+        assert all(s > o for s, o in zip(r["step"]["samples"], r["optimizer"]["samples"]))
         assert r["first_forward_backward"] > 0  # with --compile: the cold compile time
     assert results["interleaved:2"]["activation_bytes"] > results["baseline"]["activation_bytes"]
     out = capsys.readouterr().out
@@ -96,6 +102,7 @@ def test_decode_floor_is_the_pathways_share_of_the_arithmetic():
         (dict(schedules=["interleaved:2"]), "must include baseline"),
         (dict(schedules=["baseline", "interleaved S=9"]), "schedule must be one of"),
         (dict(schedules=["baseline", "interleaved:two"]), "subsets must be an integer"),
+        (dict(batch=1, seq_len=16, total_batch_size=24), "not a multiple of batch 1 x length 16 = 16 tokens"),
     ],
 )
 def test_bench_train_refuses_bad_arguments(kwargs, match):

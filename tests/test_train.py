@@ -10,6 +10,7 @@ from lrt.cli import main
 from lrt.train import checkpoint
 from lrt.train.config import TrainConfig
 from lrt.train.curves import read_metrics
+from lrt.train.muon import Muon
 from lrt.train.optim import OptimConfig, build_optimizers, lr_multiplier
 from lrt.train.trainer import Trainer
 
@@ -152,6 +153,6 @@ def test_auto_optimizer_is_adamw_on_cpu_and_muon_when_asked():
     assert isinstance(auto, torch.optim.AdamW) and auto.param_groups[0]["lr"] == OptimConfig().adamw_lr
     assert sum(p.numel() for g in auto.param_groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
     adam, muon = build_optimizers(model, OptimConfig(optimizer="muon"))
-    assert isinstance(muon, torch.optim.Muon) and all(p.ndim == 2 for g in muon.param_groups for p in g["params"])
+    assert isinstance(muon, Muon) and all(p.ndim == 2 for g in muon.param_groups for p in g["params"])
     with pytest.raises(ValueError, match="optimizer must be"):
         OptimConfig(optimizer="sgd")

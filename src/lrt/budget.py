@@ -65,6 +65,13 @@ def tokens_per_step(*, world_size: int, batch_size: int, accumulation: int, seq_
     return world_size * batch_size * accumulation * seq_len
 
 
+def micro_batches(total_batch_size: int, micro_tokens: int, micro: str) -> int:
+    """Micro-batches of `micro_tokens` tokens (described by `micro`) in a step of `total_batch_size`."""
+    if total_batch_size % micro_tokens:
+        raise ValueError(f"--total-batch-size {total_batch_size} is not a multiple of {micro} = {micro_tokens} tokens")
+    return total_batch_size // micro_tokens
+
+
 def is_scaling_parameter(name: str, shape) -> bool:
     """Whether a parameter counts under the "scaling" convention: a matrix, not an embedding table."""
     return len(shape) >= 2 and name.split(".")[0] not in EMBEDDING_TABLES

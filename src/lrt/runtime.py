@@ -50,6 +50,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# dense bf16 peaks from the datasheets: MFU's denominator
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def known_peak_tflops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPUs whose datasheet we know (MFU's denominator)."""
+    name = device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
 # graphs one compiled function may hold. A compiled block holds one per layer kind x pass kind,
 # and every model of the process shares Block.forward's cache (a baseline beside an LRT model in
 # bench or a study), as every model shares the decoding step's; past dynamo's default of 8 the

@@ -55,6 +55,7 @@ def cmd_bench_train(args) -> None:
             "repeats",
             "warmup",
             "seq_len",
+            "total_batch_size",
             "dtype",
             "compile",
             "attention",
@@ -159,6 +160,12 @@ def add_commands(sub) -> None:
     b.add_argument("--warmup", type=natural, default=1)
     b.add_argument("--batch-size", type=positive_int, default=None)
     b.add_argument("--seq-len", type=row_length, default=None)
+    b.add_argument(
+        "--total-batch-size",
+        type=positive_int,
+        default=None,
+        help="tokens per optimizer step, accumulated over micro-batches as training does (default: one micro-batch)",
+    )
     b.add_argument("--dtype", choices=DTYPES, default="float32")
     b.add_argument("--device", default="auto")
     b.add_argument("--compile", action="store_true", help="compile each block (as lrt train --compile)")

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import resolve_attention
-from ..budget import Arm, baseline_of
+from ..budget import Arm, baseline_of, micro_batches
 from ..config import LRTConfig
 from ..decoding import Decoder, prefill
 from ..flops import decode_floor
 from ..model import LRT, compile_model, parameter_counts
 from ..presets import COMPARATOR_SCHEDULES, PATHWAY_VARIANTS, VARIANTS, get_preset
+from ..runtime import device_name, known_peak_tflops
 from ..schedules import parse_schedule
 from ..train.optim import OptimConfig, build_optimizers
 
@@ -37,7 +38,6 @@ PREFILL_MEMORIES = ("exact", "parallel:interleaved:2", "fixed-point")
 
 
 # dense bf16 datasheet peaks, TFLOP/s
-PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
 def bench_config(name: str, **overrides) -> tuple[LRTConfig, int]:
@@ -104,16 +104,6 @@ def memory_use(model, loss_fn, device: torch.device, measure_saved: bool = True)
     return {"activation_bytes": saved, "cuda_peak_bytes": peak}
 
 
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def known_peak_tflops(device: torch.device) -> float | None:
-    """Dense bf16 peak of the GPUs whose datasheet we know (MFU's denominator)."""
-    name = device_name(device)
-    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
-
-
 def bench_train(
     config: str = "small",
     *,
@@ -123,6 +113,7 @@ def bench_train(
     warmup: int = 1,
     batch: int | None = None,
     seq_len: int | None = None,
+    total_batch_size: int | None = None,
     dtype: str = "float32",
     device: str = "cpu",
     compile: bool = False,
@@ -133,7 +124,9 @@ def bench_train(
 ) -> dict:
     """Forward+backward and step time, FLOP ratio and memory of each schedule (spec strings; the
     baseline is always measured) and of each comparator (names in COMPARATOR_SCHEDULES, trained
-    with its schedule), in rounds that alternate between them."""
+    with its schedule), in rounds that alternate between them. A step accumulates gradients over
+    `total_batch_size` tokens (default: one micro-batch), as training does, so the optimizer's share
+    of a step is training's."""
     names = [parse_schedule(n).spec for n in (schedules or TRAIN_SCHEDULES)]
     if "baseline" not in names:
         raise ValueError(f"schedules must include baseline (the ratios' denominator), got {names}")
@@ -145,6 +138,7 @@ def bench_train(
     lrt_config, default_batch = bench_config(config, **({"sequence_len": seq_len} if seq_len else {}))
     batch = batch or default_batch
     T = lrt_config.sequence_len
+    accum = 1 if total_batch_size is None else micro_batches(total_batch_size, batch * T, f"batch {batch} x length {T}")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, lrt_config.vocab_size, (batch, T + 1), generator=g).to(device)
@@ -163,6 +157,7 @@ def bench_train(
             schedule=parse_schedule(schedule),
             optimizers=build_optimizers(model, OptimConfig()),
             fb=[],
+            optimizer=[],
             step=[],
             first=None,
         )
@@ -174,8 +169,7 @@ def bench_train(
     def forward_backward(run):
         loss_of(run).backward()
 
-    def full_step(run):
-        forward_backward(run)
+    def optimizer_step(run):
         for opt in run["optimizers"]:
             opt.step()
         for opt in run["optimizers"]:
@@ -185,27 +179,30 @@ def bench_train(
         for name, run in runs.items():
             fb = _timed(lambda: forward_backward(run), device)
             run["model"].zero_grad(set_to_none=True)
-            st = _timed(lambda: full_step(run), device)
+            accumulated = sum(_timed(lambda: forward_backward(run), device) for _ in range(accum))
+            opt = _timed(lambda: optimizer_step(run), device)
             if run["first"] is None:  # a compiled run compiles here: its cold compile time
                 run["first"] = fb
             if round_ >= warmup:
                 run["fb"].append(fb)
-                run["step"].append(st)
+                run["optimizer"].append(opt)
+                run["step"].append(accumulated + opt)
         if progress:
             progress(f"round {round_ + 1}/{warmup + repeats}" + (" (warmup)" if round_ < warmup else ""))
 
     results = {}
     for name, run in runs.items():
         model = run["model"]
-        arm = Arm(model.config, run["schedule"], tokens_per_step=batch * T)  # one step of one process
+        arm = Arm(model.config, run["schedule"], tokens_per_step=accum * batch * T)  # one step of one process
         flops = arm.flops_per_step
         results[name] = {
             "forward_backward": Timing(run["fb"]).as_dict(),
+            "optimizer": Timing(run["optimizer"]).as_dict(),
             "step": Timing(run["step"]).as_dict(),
             "first_forward_backward": run["first"],
             "ideal_flop_ratio": arm.flop_ratio,
             "params": parameter_counts(model).total,
-            "tokens_per_s": batch * T / statistics.median(run["step"]),
+            "tokens_per_s": accum * batch * T / statistics.median(run["step"]),
             "tflops_per_s": flops / statistics.median(run["step"]) / 1e12,
             **memory_use(model, lambda: loss_of(run), device, measure_saved=not compile),
         }
@@ -224,6 +221,7 @@ def bench_train(
         "model": lrt_config.to_dict(),
         "batch": batch,
         "seq_len": T,
+        "tokens_per_step": accum * batch * T,
         "dtype": dtype,
         "device": str(device),
         "device_name": device_name(device),
@@ -243,13 +241,15 @@ def format_train(report: dict) -> str:
         key: any(r.get(key) is not None for r in results.values())
         for key in ("activation_bytes", "cuda_peak_bytes", "mfu")
     }
-    header = f"{'schedule':<18}{'fwd+bwd ms':>19}{'x':>6}{'step ms':>19}{'x':>6}{'ideal':>7}{'tok/s':>10}"
+    header = f"{'schedule':<18}{'fwd+bwd ms':>19}{'x':>6}{'step ms':>19}{'x':>6}{'optim ms':>10}"
+    header += f"{'ideal':>7}{'tok/s':>10}"
     header += f"{'act MB':>9}{'x':>6}" if has["activation_bytes"] else ""
     header += f"{'peak MB':>9}{'x':>6}" if has["cuda_peak_bytes"] else ""
     header += f"{'MFU':>7}" if has["mfu"] else ""
     lines = [
         f"lrt bench train: config {report['config']} (d={m['n_embd']}, {m['n_layer']} layers, T={report['seq_len']}, "
-        f"batch {report['batch']}), {report['dtype']}, {report['device_name']}, {report['threads']} threads, "
+        f"batch {report['batch']}, {report.get('tokens_per_step', report['batch'] * report['seq_len']):,} tokens "
+        f"per step), {report['dtype']}, {report['device_name']}, {report['threads']} threads, "
         f"attention {report['attention']}{', compiled per block' if report['compile'] else ''}"
         f"{', activation checkpointing' if report.get('activation_checkpointing') else ''}, "
         f"{report['repeats']} rounds",
@@ -263,6 +263,8 @@ def format_train(report: dict) -> str:
                 f"{1e3 * t['median']:>8.1f} ({1e3 * t['min']:.0f}-{1e3 * t['max']:.0f})".rjust(19)
                 + f"{r[f'ratio_{key}']:>6.2f}"
             )
+        optimizer = r.get("optimizer")  # older reports did not time it apart
+        row += f"{1e3 * optimizer['median']:>10.1f}" if optimizer else f"{'':>10}"
         row += f"{r['ideal_flop_ratio']:>7.2f}{r['tokens_per_s']:>10.0f}"
         for key in ("activation_bytes", "cuda_peak_bytes"):
             if has[key]:
@@ -276,6 +278,7 @@ def format_train(report: dict) -> str:
             + ", ".join(f"{name} {r['first_forward_backward']:.1f} s" for name, r in results.items())
         )
     lines.append(
+        "step: the micro-batches of a step, then the optimizer (optim); "
         "x: median over rounds of time / the baseline's time in the same round; ideal: FLOP ratio of the "
         "schedule's passes; act: bytes saved for backward; peak: CUDA allocator peak during fwd+bwd"
         + (f"; MFU against {report['peak_tflops']:.0f} TFLOP/s" if has["mfu"] else "")

@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ..attention import ATTENTION_CHOICES, check_attention
-from ..budget import tokens_per_step
+from ..budget import micro_batches, tokens_per_step
 from ..config import LRTConfig, check_int, option
 from ..presets import PRESET_NAMES, get_preset
 from ..schedules import SCHEDULE_SPECS, Baseline, Jacobi, Schedule, parse_schedule
@@ -123,12 +123,11 @@ class TrainConfig:
         if self.total_batch_size is None:
             return self.grad_accum
         per_micro = tokens_per_step(world_size=world_size, batch_size=self.batch_size, accumulation=1, seq_len=seq_len)
-        if self.total_batch_size % per_micro:
-            raise ValueError(
-                f"--total-batch-size {self.total_batch_size} is not a multiple of world size {world_size} "
-                f"x batch size {self.batch_size} x sequence length {seq_len} = {per_micro} tokens"
-            )
-        accumulation = self.total_batch_size // per_micro
+        accumulation = micro_batches(
+            self.total_batch_size,
+            per_micro,
+            f"world size {world_size} x batch size {self.batch_size} x sequence length {seq_len}",
+        )
         if self.grad_accum not in (1, accumulation):
             raise ValueError(
                 f"--grad-accum {self.grad_accum} contradicts --total-batch-size, which makes it "
