@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu.sh d12     OUTDIR  # d12 training (bf16, compiled per block, flex)
 #   bash benchmarks/gpu.sh decode  OUTDIR  # d12 and d20 decoding, bf16, batch 1: eager against the CUDA-graph step
 #   bash benchmarks/gpu.sh d20     OUTDIR  # d20 training: cold compile (interleaved first), MFU, peak memory
+#   bash benchmarks/gpu.sh d20-step OUTDIR # d20 at 524,288 tokens per step (32 micro-batches): the step MFU and
+#                                          # the optimizer's share as in training (issue 22's targets)
 #   bash benchmarks/gpu.sh all     OUTDIR  # tests, decode, d20, in that order
 set -uo pipefail
 what=$1; out=${2:-runs/gpu}; mkdir -p "$out"
@@ -31,16 +33,17 @@ decode() {  # configs (default d12 d20)
       --json "$out/decode_$config.json"
   done
 }
-train() {  # config, schedules, seconds
-  log=$out/train_$1.txt limited "$3" python3 -m lrt bench train --config "$1" --device cuda --dtype bfloat16 \
-    --compile --attention flex --schedules "$2" --repeats 3 --json "$out/train_$1.json"
+train() {  # config, schedules, seconds, name, extra flags...
+  log=$out/train_$4.txt limited "$3" python3 -m lrt bench train --config "$1" --device cuda --dtype bfloat16 \
+    --compile --attention flex --schedules "$2" --repeats 3 --json "$out/train_$4.json" "${@:5}"
 }
 
 case $what in
   tests) tests ;;
   decode) decode ;;
-  d12) train d12 "baseline,interleaved:2" 450 ;;
-  d20) train d20 "interleaved:2,baseline" 450 ;;  # interleaved first: its first step is a cold compile
-  all) tests; decode; train d20 "interleaved:2,baseline" 450 ;;
-  *) echo "usage: bash benchmarks/gpu.sh tests|d12|decode|d20|all OUTDIR" >&2; exit 2 ;;
+  d12) train d12 "baseline,interleaved:2" 450 d12 ;;
+  d20) train d20 "interleaved:2,baseline" 450 d20 ;;  # interleaved first: its first step is a cold compile
+  d20-step) train d20 "interleaved:2,baseline" 500 d20_step --batch-size 8 --total-batch-size 524288 --repeats 2 ;;
+  all) tests; decode; train d20 "interleaved:2,baseline" 450 d20 ;;
+  *) echo "usage: bash benchmarks/gpu.sh tests|d12|decode|d20|d20-step|all OUTDIR" >&2; exit 2 ;;
 esac

@@ -55,6 +55,11 @@ def random_tokens(config, batch=2, length=None, seed=1):
     return torch.randint(0, config.vocab_size, (batch, length or config.sequence_len), generator=g)
 
 
+def untimed(records: list[dict]) -> list[dict]:
+    """Metrics records without what the clock decides (time, speed): what two runs must share."""
+    return [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s", "mfu")} for r in records]
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 

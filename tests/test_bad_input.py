@@ -50,7 +50,7 @@ BAD_TRAIN_FLAGS = {
     "--seq-len": ["1", "0"],
     "--seed": ["-1", "x"],
     "--matrix-lr": ["nan", "inf", "-1"],
-    "--adamw-lr": ["nan", "inf", "-0.1"],
+    "--adamw-lr": ["nan", "inf", "-0.1", "1e38"],  # 1e38 overflowed float32 in the optimizer
     "--embedding-lr": ["-1"],
     "--unembedding-lr": ["inf"],
     "--scalar-lr": ["nan"],
@@ -188,7 +188,7 @@ def cases(root):
     gen = ["generate", run, "--prompt", "To be"]
     for flag, values in {
         "--max-tokens": ["0", "-1"],
-        "--temperature": ["nan", "inf", "-1"],
+        "--temperature": ["nan", "inf", "-1", "1e-45"],  # 1e-45 made NaN probabilities
         "--top-k": ["0", "-1"],
         "--top-p": ["0", "nan", "1.5"],
         "--seed": ["-1"],

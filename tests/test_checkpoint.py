@@ -132,3 +132,42 @@ def test_weights_that_do_not_match_the_config(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         checkpoint.resolve(tmp_path)
+
+
+def _stepped_adamw(model):
+    """An AdamW after one step, with no state for the first parameter (as if it had no gradient)."""
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)).loss.backward()
+    next(model.parameters()).grad = None
+    opt.step()
+    model.zero_grad(set_to_none=True)
+    return opt
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP's, saving without a process group
+def test_optimizer_shards_round_trip_through_checkpoint_json(tmp_path):
+    """The DCP layout on one process (no process group): tensors in optimizer/, the state dict in
+    train_state as {"__shard__": name} references, read back into another optimizer's tensors."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    model = random_model(tiny_config())
+    saved = get_optimizer_state_dict(model, [_stepped_adamw(model)])
+    tmp = checkpoint.begin(tmp_path, 1)
+    state = {"optimizer": checkpoint.save_optimizer_shards(tmp, saved)}
+    path = checkpoint.save_checkpoint(tmp_path, 1, model, tokenizer=ByteTokenizer(), meta={}, state=state, begun=True)
+    assert not list((tmp_path / "checkpoints").glob("*.tmp")) and (path / "optimizer").is_dir()
+    state = checkpoint.load_train_state(path, checkpoint.read_record(path))
+    # a new optimizer's: step 1 and zero moments, for every parameter
+    template = get_optimizer_state_dict(model, [torch.optim.AdamW(model.parameters())])
+    loaded = checkpoint.load_optimizer_shards(checkpoint.optimizer_shards(path, state), state["optimizer"], template)
+    assert loaded["param_groups"][0]["betas"] == list(saved["param_groups"][0]["betas"])
+    assert loaded["state"].keys() == saved["state"].keys() != template["state"].keys()
+    for name, moments in saved["state"].items():
+        for key, tensor in moments.items():
+            assert loaded["state"][name][key].equal(tensor), (name, key)
+
+
+def test_non_finite_optimizer_shards_are_refused():
+    state = {"state": {"w": {"exp_avg": torch.tensor([1.0, float("nan")])}}, "param_groups": [{"lr": 0.1}]}
+    with pytest.raises(ValueError, match=r"refusing to save step 5: non-finite optimizer state in optimizer\.state\.w"):
+        checkpoint.refuse_non_finite_shards(state, 5)

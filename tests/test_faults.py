@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+from helpers import untimed
 from lrt.train import checkpoint
 from lrt.train.curves import read_metrics
 
@@ -38,15 +39,11 @@ def train(out, *extra, **popen):
     )
 
 
-def without_time(records):
-    return [{k: v for k, v in r.items() if k != "time"} for r in records]
-
-
 def test_kill_9_anywhere_then_resume_reproduces_the_run(tmp_path):
     t0 = time.perf_counter()
     assert train(tmp_path / "reference").wait() == 0
     duration = time.perf_counter() - t0
-    reference = without_time(read_metrics(tmp_path / "reference/metrics.jsonl"))
+    reference = untimed(read_metrics(tmp_path / "reference/metrics.jsonl"))
     rng = random.Random(10)
     for i in range(3):
         out = tmp_path / f"killed{i}"
@@ -61,4 +58,4 @@ def test_kill_9_anywhere_then_resume_reproduces_the_run(tmp_path):
         if not saved:  # killed before its first checkpoint: nothing to resume, the folder is started over
             shutil.rmtree(out, ignore_errors=True)
         assert train(out, *(["--resume", str(out)] if saved else [])).wait() == 0
-        assert without_time(read_metrics(out / "metrics.jsonl")) == reference, f"kill {i}"
+        assert untimed(read_metrics(out / "metrics.jsonl")) == reference, f"kill {i}"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lrt
-from helpers import random_model, tiny_config, tiny_train_config
+from helpers import random_model, tiny_config, tiny_train_config, untimed
 from lrt.cli import main
 from lrt.data import PackedLoader, open_source
 from lrt.data.tokenizer import ByteTokenizer
@@ -263,7 +263,8 @@ def test_a_corrupt_metrics_line_names_the_file(tmp_path, capsys):
 # Ctrl-C, a full disk ---------------------------------------------------------------------------------
 
 
-def test_ctrl_c_finishes_the_step_saves_and_the_run_resumes_exactly(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])  # Ctrl-C; kill, docker, SLURM (issue 25, 13)
+def test_ctrl_c_finishes_the_step_saves_and_the_run_resumes_exactly(tmp_path, monkeypatch, capsys, signal_name):
     import os
     import signal
 
@@ -272,7 +273,7 @@ def test_ctrl_c_finishes_the_step_saves_and_the_run_resumes_exactly(tmp_path, mo
 
     def interrupted_in_step_2(self):
         if self.step == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the step
+            os.kill(os.getpid(), getattr(signal, signal_name))  # arrives in the middle of the step
         return original(self)
 
     monkeypatch.setattr(Trainer, "train_step", interrupted_in_step_2)
@@ -283,8 +284,7 @@ def test_ctrl_c_finishes_the_step_saves_and_the_run_resumes_exactly(tmp_path, mo
     )
     monkeypatch.setattr(Trainer, "train_step", original)
     assert main(["train", "--resume", str(tmp_path / "b")]) == 0
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
-    assert strip(read_metrics(tmp_path / "b/metrics.jsonl")) == strip(read_metrics(tmp_path / "a/metrics.jsonl"))
+    assert untimed(read_metrics(tmp_path / "b/metrics.jsonl")) == untimed(read_metrics(tmp_path / "a/metrics.jsonl"))
 
 
 def test_a_full_disk_while_saving_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
@@ -316,3 +316,121 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     assert main(["train", "--resume", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run/metrics.jsonl").read_text() == metrics  # no second final record
     assert (newest / "model.safetensors").read_bytes() == weights
+
+
+# issue 25: rewinding a run, symlinks in run folders, children of a killed study ---------------
+
+
+def test_rewinding_a_run_sets_the_later_trajectory_aside_and_never_deletes_the_new_work(tmp_path, capsys):
+    run = tmp_path / "r"
+    train(run, "--steps", "10", "--save-every", "5", "--keep", "2", "--eval-every", "5")
+    old_metrics = (run / "metrics.jsonl").read_text()
+    resume = ["train", "--resume", str(run / "checkpoints/step_000005"), "--steps", "8", "--keep", "1"]
+    assert main([*resume, "--eval-every", "5"]) == 0
+    assert "rewound to step 5" in capsys.readouterr().err
+    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["step_000008"]  # the new work, newest
+    assert checkpoint.resolve(run).name == "step_000008"
+    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 8
+    (aside,) = (run / "abandoned").iterdir()
+    assert [p.name for p in checkpoint.list_checkpoints(aside)] == ["step_000010"]  # the old trajectory, whole
+    assert (aside / "metrics.jsonl").read_text() == old_metrics
+    model, _, _ = checkpoint.load_model(aside / "checkpoints/step_000010")  # still a usable checkpoint
+    assert model.config.n_layer > 0
+
+
+@pytest.mark.parametrize(
+    "name", [".lock", "metrics.jsonl", "train_config.json", "checkpoints/step_000002/checkpoint.json"]
+)
+def test_a_symlink_in_a_run_folder_is_refused_and_its_target_untouched(tmp_path, capsys, name):
+    run, victim = tmp_path / "run", tmp_path / "victim.txt"
+    train(run, "--steps", "2")
+    # the link's target holds what the file held (readable as it), so only the link is wrong
+    victim.write_text((run / name).read_text() if (run / name).exists() else "precious")
+    before = victim.read_text()
+    (run / name).unlink(missing_ok=True)
+    (run / name).symlink_to(victim)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "4"]) == 2
+    one_line_error(capsys, "is a symbolic link")
+    assert victim.read_text() == before
+
+
+def test_a_symlinked_lock_of_a_study_folder_is_refused(tmp_path, capsys):
+    from lrt.train.run_folder import RunFolder
+
+    (tmp_path / "study").mkdir()
+    (tmp_path / "victim.txt").write_text("precious")
+    (tmp_path / "study/.lock").symlink_to(tmp_path / "victim.txt")
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        RunFolder(tmp_path / "study", user="lrt study run").acquire()
+    assert (tmp_path / "victim.txt").read_text() == "precious"
+
+
+def test_a_study_child_gets_sigterm_when_the_study_is_killed(tmp_path):
+    """The child's training takes SIGTERM as Ctrl-C: it saves and stops, instead of training on
+    as an orphan without a lock."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import os, time; from lrt.experiments.study import "
+            'die_with_parent; die_with_parent(int(os.environ["LRT_STUDY_PID"])); time.sleep(120)\'], '
+            "env={**os.environ, 'LRT_STUDY_PID': str(os.getpid())}); print(c.pid, flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    time.sleep(2)  # the child has called prctl
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and os.path.exists(f"/proc/{child}") and "Z" not in _state(child):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}") or "Z" in _state(child), "the child outlived the study"
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_a_study_deletes_a_dead_runs_folder_only_under_its_lock(tmp_path):
+    from lrt.experiments import study
+    from lrt.train.run_folder import RunFolder
+
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text("")
+    held = RunFolder(folder).acquire()  # a child of a killed study, still saving
+    try:
+        with pytest.raises(ValueError, match="in use by another training"):
+            study.start_over(folder, wait=0.2)
+        assert (folder / "metrics.jsonl").exists()
+    finally:
+        held.release()
+    study.start_over(folder, wait=0.2)  # let go of: deleted
+    assert not folder.exists()
+
+
+def test_a_real_file_size_limit_while_saving_is_one_line_and_no_checkpoint(tmp_path):
+    """safetensors reports a failed write as SafetensorError, neither OSError nor ValueError: a real
+    limit (ulimit -f, which Python turns into EFBIG), not a faked OSError (issue 25, 8)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = " ".join([sys.executable, "-m", "lrt", "train", *TINY, "--steps", "1", "--out", str(out)])
+    result = subprocess.run(["bash", "-c", f"ulimit -f 300; exec {command}"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert re.search(r"could not write .*model\.safetensors", result.stderr.strip().splitlines()[-1])
+    assert checkpoint.list_checkpoints(out) == [] and not list((out / "checkpoints").glob("*.tmp"))

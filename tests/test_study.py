@@ -96,6 +96,14 @@ def test_a_spec_is_trunks_and_cooldown_branches(tmp_path):
         ('[study]\nbudgets = [1e9]\n[comparators]\nnames = ["loop-9"]\n', "comparators.names must list some of"),
         ('[study]\nbudgets = [1e9]\n[comparators]\nnames = ["loop-2"]\nratios = [2e9]\n', "are not budgets"),
         ("[study\n", "not valid TOML"),
+        # issue 25: a seed twice counted one run twice; tables of the wrong type were tracebacks
+        ("[study]\nbudgets = [1e9]\nseeds = [0, 0]\n", "lists seed 0 more than once"),
+        ("study = 5\n", "study must be a table"),
+        ("train = [1, 2]\n[study]\nbudgets = [1e9]\n", "train must be a table"),
+        ("ablations = 3\n[study]\nbudgets = [1e9]\n", "ablations must be a table"),
+        ("[study]\nbudgets = [1e9]\n[train]\nmodel = 5\n", "train.model must be a table"),
+        ("[study]\nbudgets = [1e9]\n[train]\noptim = 5\n", "train.optim must be a table"),
+        ("[study]\nbudgets = [inf]\n", "budgets must be"),
     ],
 )
 def test_bad_specs_are_one_line(tmp_path, capsys, extra, match):
@@ -291,6 +299,27 @@ def test_a_killed_study_resumes_without_redoing_finished_work(tmp_path):
         next(j for j in spec.jobs if j.memories and j.info["cell"] == "lrt").path.joinpath("eval.json").read_text()
     )
     assert {"exact", "parallel", "zero", "step", "tokens"} <= set(scored) and scored["exact"] > 0
+
+
+def test_ctrl_c_stops_a_study_its_running_children_save_and_no_new_run_starts(tmp_path):
+    """Ctrl-C reaches the study and its children (one process group, as from a terminal): the
+    running child saves and stops, the study starts no other run and exits 130 (issue 25, 11)."""
+    spec_path, out = spec_file(tmp_path, STAGES), tmp_path / "study"
+    process = subprocess.Popen(
+        lrt_study("run", str(spec_path), "--out", str(out)),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    jobs = load_spec(spec_path, out).jobs
+    deadline = time.time() + 240
+    while not any((j.path / "metrics.jsonl").exists() for j in jobs) and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    assert not all(map(done, jobs))
+    started = [j for j in jobs if (j.path / "metrics.jsonl").exists()]
+    assert len(started) <= 2  # the one running (and at most one starting as the signal came)
 
 
 def test_a_file_as_the_study_folder_is_one_line_and_untouched(tmp_path, capsys):

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 import lrt
-from helpers import tiny_train_args, tiny_train_config
+from helpers import tiny_train_args, tiny_train_config, untimed
 from lrt.cli import main
 from lrt.train import checkpoint
 from lrt.train.config import TrainConfig
 from lrt.train.curves import read_metrics
 from lrt.train.muon import Muon
 from lrt.train.optim import OptimConfig, build_optimizers, lr_multiplier
-from lrt.train.trainer import Trainer
+from lrt.train.trainer import Diverged, Interrupted, Trainer
 
 
 def tiny(out, **overrides) -> TrainConfig:
@@ -52,9 +52,8 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, schedu
     Trainer(tiny(tmp_path / "b", **kw), resume=str(tmp_path / "b")).train(progress=False)
 
     a, b = read_metrics(tmp_path / "a/metrics.jsonl"), read_metrics(tmp_path / "b/metrics.jsonl")
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
     assert [r["step"] for r in b] == [r["step"] for r in a]  # the crashed step 4 was not logged twice
-    assert strip(b) == strip(a)  # losses and validation BPBs, bit for bit
+    assert untimed(b) == untimed(a)  # losses and validation BPBs, bit for bit
 
 
 def test_cli_train_end_to_end(tmp_path, capsys):
@@ -156,3 +155,67 @@ def test_auto_optimizer_is_adamw_on_cpu_and_muon_when_asked():
     assert isinstance(muon, Muon) and all(p.ndim == 2 for g in muon.param_groups for p in g["params"])
     with pytest.raises(ValueError, match="optimizer must be"):
         OptimConfig(optimizer="sgd")
+
+
+def _run(out, overlap: bool, **overrides) -> list[dict]:
+    trainer = Trainer(tiny(out, **overrides))
+    trainer.overlap = overlap  # as on a GPU: a step's numbers are read while the next step runs
+    trainer.train(progress=False)
+    return read_metrics(out / "metrics.jsonl")
+
+
+def test_reading_a_step_while_the_next_runs_logs_and_saves_what_reading_at_once_does(tmp_path):
+    at_once = _run(tmp_path / "a", overlap=False, steps=7, eval_every=4, save_every=3)
+    overlapped = _run(tmp_path / "b", overlap=True, steps=7, eval_every=4, save_every=3)
+    assert untimed(overlapped) == untimed(at_once)
+    steps = [[p.name for p in checkpoint.list_checkpoints(tmp_path / run)] for run in "ab"]
+    assert steps[0] == steps[1] == ["step_000003", "step_000006", "step_000007"]
+    assert all(r["tokens_per_s"] > 0 and "mfu" not in r for r in overlapped if r["kind"] == "train")
+
+
+def test_a_diverged_step_read_late_is_still_never_logged_or_saved(tmp_path):
+    trainer = Trainer(
+        tiny(tmp_path / "run", steps=6, save_every=0, optim=OptimConfig(optimizer="adamw", adamw_lr=1e30))
+    )
+    trainer.overlap = True
+    with pytest.raises(Diverged, match="non-finite .* at step (\\d+)") as stopped:
+        trainer.train(progress=False)
+    bad = int(stopped.value.args[0].split("at step ")[1].split(";")[0])
+    logged = [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl") if r["kind"] == "train"]
+    assert logged == list(range(1, bad)) and checkpoint.list_checkpoints(tmp_path / "run") == []
+
+
+def test_gradient_clipping_clips_only_above_the_limit_and_logs_the_norm(tmp_path):
+    free = _run(tmp_path / "free", overlap=False, steps=3)
+    loose = _run(tmp_path / "loose", overlap=False, steps=3, optim=OptimConfig(optimizer="adamw", grad_clip=1e9))
+    tight = _run(tmp_path / "tight", overlap=False, steps=3, optim=OptimConfig(optimizer="adamw", grad_clip=1e-4))
+    train = lambda rs: [r for r in rs if r["kind"] == "train"]  # noqa: E731
+    assert [r["loss"] for r in train(loose)] == [r["loss"] for r in train(free)]  # a limit never reached
+    assert "grad_norm" not in train(free)[0] and train(loose)[0]["grad_norm"] > 1e-4
+    assert train(tight)[0]["grad_norm"] == train(loose)[0]["grad_norm"]  # the norm before clipping
+    assert train(tight)[1]["loss"] != train(loose)[1]["loss"]  # AdamW's steps differ once clipped
+
+
+def test_metrics_give_each_steps_speed_and_mfu_against_the_peak_given(tmp_path):
+    trainer = Trainer(tiny(tmp_path / "run", steps=2, peak_tflops=0.5))
+    trainer.train(progress=False)
+    for r in (r for r in read_metrics(tmp_path / "run/metrics.jsonl") if r["kind"] == "train"):
+        seconds = trainer.tokens_per_step / r["tokens_per_s"]
+        assert r["mfu"] == pytest.approx(trainer.flops_per_step / seconds / 0.5e12)
+
+
+def test_ctrl_c_read_late_saves_the_step_after_and_stops(tmp_path, monkeypatch):
+    original = Trainer.train_step
+
+    def ctrl_c_in_step_2(self):
+        if self.step == 1:
+            self.interrupted.set()
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", ctrl_c_in_step_2)
+    trainer = Trainer(tiny(tmp_path / "run", steps=6, eval_every=100, save_every=0))
+    trainer.overlap = True
+    with pytest.raises(Interrupted, match="saved step 3"):  # seen with step 2's numbers, after step 3 started
+        trainer.train(progress=False)
+    assert [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl") if r["kind"] == "train"] == [1, 2, 3]
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "run")] == ["step_000003"]

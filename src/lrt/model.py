@@ -230,6 +230,7 @@ class LRT(nn.Module):
         span: range | None = None,
         inputs: torch.Tensor | None = None,
         token_pos: torch.Tensor | None = None,
+        ves: dict[str, torch.Tensor] | None = None,
     ):
         """Compute tokens `idx` (B, Tq) at positions `pos` ((Tq,) or (B, Tq)) with memory `memory`
         (B, Tq, d; None is zero memory), attending to `buffer`, into which their keys and values are
@@ -238,7 +239,10 @@ class LRT(nn.Module):
 
         PonderLM-2 (ponder.py) computes slots, not only tokens: `inputs` (B, Tq, d) replaces the
         normed token embeddings (a latent thought is fed as it is), and `token_pos` gives each slot's
-        token position for RoPE (default `pos`); `pos` is then the slot's place in the buffer."""
+        token position for RoPE (default `pos`); `pos` is then the slot's place in the buffer.
+
+        `inputs` and `ves` may also bring `idx`'s embeddings looked up already (`embeddings`): a
+        schedule looks a row up once for all its passes, so the tables' gradients are built once."""
         cfg = self.config
         if cfg.reset_memory_at_bos and memory is not None:  # memory never crosses into the next document
             memory = memory.masked_fill((idx == cfg.bos_id).unsqueeze(-1), 0.0)
@@ -259,7 +263,7 @@ class LRT(nn.Module):
         ctx.prepare(block.attn.window for block in self.blocks)
         checkpointed = self.activation_checkpointing and torch.is_grad_enabled()
         source = None
-        ves = {layer: embed(idx) for layer, embed in self.value_embeds.items()}
+        ves = self.value_embeddings(idx) if ves is None else ves
         for i in range(cfg.cache_layers):  # a looped transformer runs the stack `loops` times
             layer, block = i % cfg.n_layer, self.blocks[i % cfg.n_layer]
             past = (buffer.k[i], buffer.v[i])
@@ -279,12 +283,21 @@ class LRT(nn.Module):
         """The normed token embeddings: the input of every block stack."""
         return norm(self.wte(idx))
 
+    def value_embeddings(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The value embeddings of `idx`, by layer."""
+        return {layer: embed(idx) for layer, embed in self.value_embeds.items()}
+
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits with soft-capping, computed in at least float32."""
         logits = self.lm_head(h)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         cap = self.config.logit_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
+
+    def head_nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The summed cross-entropy of the head's logits at `h` (B, T, d) against `targets` (B, T;
+        -1 is not counted): the training loss's head, one region for compile_model to fuse."""
+        return F.cross_entropy(self.head(h).flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum")
 
     def deferred_head(self, device_type: str):
         """`head` as it would run now (grad mode, autocast), to be called later: a schedule's
@@ -356,6 +369,9 @@ def compile_model(model: LRT) -> LRT:
     for block in model.blocks:
         block.compile(dynamic=False)
         block._compiled_call_impl = with_room_for_graphs(block._compiled_call_impl)  # what compile() set
+    # the head and loss as one graph: softcap, float32 cast and cross-entropy fused, forward and
+    # backward, instead of eager passes over (tokens, vocab) float32 logits
+    model.head_nll = with_room_for_graphs(torch.compile(model.head_nll, dynamic=False))
     return model
 
 

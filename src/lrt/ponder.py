@@ -20,7 +20,6 @@ reproduce `exact`: the identity the tests check.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .attention import KVBuffer
 from .schedules import Schedule, ScheduleOutput, Sequential, check_schedule_for
@@ -109,7 +108,7 @@ def run(
         h, buffer, forwards = jacobi(model, idx, None if tol is not None else schedule.iterations, tol or 0.0)
     losses = []
     if targets is not None:  # the mean over counted targets, as run_schedule's
-        nll = F.cross_entropy(model.head(h).flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum")
+        nll = model.head_nll(h, targets)
         losses.append(nll / (targets != -1).sum().clamp(min=1))
     pos = torch.arange(T, device=idx.device)
     head = model.deferred_head(idx.device.type) if return_logits else None

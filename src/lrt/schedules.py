@@ -27,7 +27,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .attention import KVBuffer
 
@@ -316,14 +315,32 @@ def read_memory(buffer: KVBuffer, step: Step) -> torch.Tensor | None:
     return torch.cat([rest.new_zeros(rest.size(0), 1, rest.size(2)), rest], dim=1)
 
 
-def run_step(model, idx: torch.Tensor, step: Step, buffer: KVBuffer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compute one step's positions of `idx` (B, T) over `buffer`: (positions, final hidden states)."""
+@dataclass
+class Rows:
+    """The embeddings of a batch's rows, looked up once for all the passes of a schedule: the
+    normed token embeddings (B, T, d) and the value embeddings by layer."""
+
+    x0: torch.Tensor
+    ves: dict[str, torch.Tensor]
+
+    def at(self, pos: torch.Tensor, full: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if full:
+            return self.x0, self.ves
+        return self.x0[:, pos], {layer: ve[:, pos] for layer, ve in self.ves.items()}
+
+
+def run_step(
+    model, idx: torch.Tensor, step: Step, buffer: KVBuffer, rows: Rows | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compute one step's positions of `idx` (B, T) over `buffer`: (positions, final hidden states).
+    `rows`: the embeddings of `idx`, looked up once for every step of a schedule."""
     T = idx.size(1)
     r = step.positions
     pos = torch.arange(r.start, r.stop, r.step, device=idx.device)
     full = r == range(T)
     memory = read_memory(buffer, step)
-    h, source = model.forward_positions(idx[:, pos], pos, memory, buffer, full=full, span=r)
+    x0, ves = (None, None) if rows is None else rows.at(pos, full)
+    h, source = model.forward_positions(idx[:, pos], pos, memory, buffer, full=full, span=r, inputs=x0, ves=ves)
     buffer.write_source(pos, source, full)
     return pos, h
 
@@ -344,14 +361,14 @@ def run_schedule(
     plan = checked_plan(schedule, T)
     buffer = buffer if buffer is not None else KVBuffer(model.config.cache_layers, T, kept=sum(map(len, plan)) > 1)
     losses, pass_hidden = [], []
+    rows = Rows(model.embed(idx), model.value_embeddings(idx))
     for steps in plan:
         nll, count, parts = 0.0, 0, []
         for step in steps:
-            pos, h = run_step(model, idx, step, buffer)
+            pos, h = run_step(model, idx, step, buffer, rows)
             if targets is not None:
                 tgt = targets[:, pos]
-                logits = model.head(h)
-                nll = nll + F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-1, reduction="sum")
+                nll = nll + model.head_nll(h, tgt)
                 count = count + (tgt != -1).sum()
             if return_logits:
                 parts.append((pos, h))

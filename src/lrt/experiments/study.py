@@ -46,13 +46,17 @@ N` side by side); `lrt study report` writes report.md and plots (study_report.py
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -176,6 +180,8 @@ def work(job_path: str) -> int:
 
     from ..train.trainer import Diverged, Trainer
 
+    if "LRT_STUDY_PID" in os.environ:
+        die_with_parent(int(os.environ["LRT_STUDY_PID"]))
     threads = int(os.environ.get("LRT_THREADS", "0"))
     if threads:
         torch.set_num_threads(threads)
@@ -278,20 +284,27 @@ def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
     )
     gpus = _gpus()
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    children = Children()
 
     def one(slot_unit):
         slot, unit = slot_unit
         for job in unit.jobs:
             if done(job):
                 continue
-            if not _launch(spec, job, slot, threads, gpus):
+            if children.stopping.is_set():
+                return
+            if not _launch(spec, job, slot, threads, gpus, children):
                 failures.append(f"{job.path.relative_to(spec.out)}: failed, see {job.path / 'study.log'}")
                 return  # a trunk's branches need the trunk
             bar.update(1)
 
     def pool_run(units: list[Unit]) -> None:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(one, [(i % jobs, u) for i, u in enumerate(units)]))
+            try:
+                list(pool.map(one, [(i % jobs, u) for i, u in enumerate(units)]))
+            except KeyboardInterrupt:  # before the pool waits for its workers: none may start another run
+                children.interrupt()
+                raise
 
     if waits_for_lr_check(spec):
         pool_run([u for u in spec.units if u.stage == "lr_check"])
@@ -306,11 +319,42 @@ def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
     return failures
 
 
-def _launch(spec: Spec, job: Job, slot: int, threads: int, gpus: list[int]) -> bool:
+class Children:
+    """The study's training children: a Ctrl-C reaches each of them (they save and stop) and no new
+    one starts after it."""
+
+    def __init__(self):
+        self.live: set[subprocess.Popen] = set()
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self, command: list[str], **popen) -> int:
+        with self._lock:
+            if self.stopping.is_set():
+                return INTERRUPTED
+            child = subprocess.Popen(command, **popen)
+            self.live.add(child)
+        try:
+            return child.wait()
+        finally:
+            with self._lock:
+                self.live.discard(child)
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self.stopping.set()
+            for child in self.live:
+                child.send_signal(signal.SIGINT)
+
+
+INTERRUPTED = 130
+
+
+def _launch(spec: Spec, job: Job, slot: int, threads: int, gpus: list[int], children: Children) -> bool:
     """Train and score one job in a child process; whether it succeeded."""
     folder = job.path
     if not checkpoint.list_checkpoints(folder) and folder.exists():
-        shutil.rmtree(folder)  # the study owns its run folders: a run that died before its first save starts over
+        start_over(folder)  # the study owns its run folders: a run that died before its first save
     folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "config": job.config.to_dict(),
@@ -321,7 +365,12 @@ def _launch(spec: Spec, job: Job, slot: int, threads: int, gpus: list[int]) -> b
         "info": job.info,
     }
     (folder / "job.json").write_text(json.dumps(payload, indent=1))
-    env = {**os.environ, "LRT_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "LRT_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+        "LRT_STUDY_PID": str(os.getpid()),
+    }
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
     with open(folder / "study.log", "a") as f:
@@ -331,7 +380,35 @@ def _launch(spec: Spec, job: Job, slot: int, threads: int, gpus: list[int]) -> b
             "import sys; from lrt.experiments.study import work; sys.exit(work(sys.argv[1]))",
             str(folder / "job.json"),
         ]
-        return subprocess.run(command, env=env, stdout=f, stderr=f).returncode == 0
+        return children.run(command, env=env, stdout=f, stderr=f) == 0
+
+
+# what a child of a killed study has to save and let go of its folder (it was sent SIGTERM)
+CHILD_GRACE_S = 60.0
+
+
+def start_over(folder: Path, wait: float = CHILD_GRACE_S) -> None:
+    """Delete the folder of a run that died before its first save, under its lock: a child of a
+    killed study may still hold it (saving after its SIGTERM)."""
+    held = RunFolder(folder, user="training").acquire(wait=wait)
+    shutil.rmtree(folder)
+    held.release()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Called first in a child: SIGTERM when the study (pid `parent`) dies, even by kill -9
+    (Linux), which the training takes as Ctrl-C (save and stop). Elsewhere a no-op: kill the
+    process group instead. (Set in the child, not by preexec_fn, which is unsafe beside the
+    study's threads.)"""
+    libc = ctypes.util.find_library("c")
+    if libc is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(libc).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the study died before the call: nobody would send it
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _gpus() -> list[int]:

@@ -157,6 +157,9 @@ class Referee:
 def _check_seeds(name: str, seeds) -> None:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ValueError(f"{name} must be a non-empty list of integers >= 0")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:  # one run counted twice: a narrower interval, and two jobs racing in one folder
+        raise ValueError(f"{name} lists seed {twice[0]} more than once")
 
 
 def _check_amounts(name: str, amounts) -> None:
@@ -414,6 +417,9 @@ def load_spec(path: str | Path, out: str | Path) -> Spec:
     unknown = set(raw) - tables
     if unknown:
         raise ValueError(f"{path}: unknown table(s) {sorted(unknown)}")
+    for name in sorted(tables & set(raw)):
+        if not isinstance(raw[name], dict):
+            raise ValueError(f"{path}: {name} must be a table ([{name}]), got {raw[name]!r}")
     try:
         spec = _build(path, out, raw)
     except ValueError as e:
@@ -452,6 +458,9 @@ def _split(fields: dict) -> tuple[dict, dict]:
 def _build(path: Path, out: Path, raw: dict) -> Spec:
     settings = _table(StudySettings, "study", raw.get("study", {}))
     train = dict(raw.get("train", {}))
+    for key in ("model", "optim"):
+        if not isinstance(train.get(key, {}), dict):
+            raise ValueError(f"train.{key} must be a table ([train.{key}]), got {train[key]!r}")
     # checked here: TrainConfig.from_dict drops unknown keys (fields of older checkpoints)
     _check_keys("train", train, TRAIN_FIELDS, "not a TrainConfig field")
     _check_keys("train.optim", train.get("optim", {}), OPTIM_FIELDS, "not an OptimConfig field")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from transformers import DynamicCache, GenerationMixin, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -27,6 +26,7 @@ from ..data.tokenizer import BOS, BPETokenizer
 from ..decoding import DecodeState, right_padded, select_rows, state_after, step
 from ..memory import Memory, read
 from ..model import LRT
+from ..train.checkpoint import write_tensors
 
 CODE = {
     "configuration_lrt.py": "from lrt.integrations.hf import LRTHFConfig  # noqa: F401  (pip install 'lrt[hf]')\n",
@@ -217,7 +217,7 @@ def export_hf(run, out: str | Path) -> Path:
     )
     config.to_json_file(out / "config.json")  # not save_pretrained: it would copy this module's source once loaded
     weights = {f"model.{k}": v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
-    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    write_tensors(weights, out / "model.safetensors", metadata={"format": "pt"})
     for name, text in CODE.items():
         (out / name).write_text(text)
     hf_tokenizer(run.tokenizer).save_pretrained(out)

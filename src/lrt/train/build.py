@@ -11,6 +11,7 @@ once every rank got that far. Last, rank 0 claims the run folder, under its lock
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -116,6 +117,7 @@ class Saved(NamedTuple):
     record: dict  # checkpoint.json
     state: dict  # the training state, tensors in place
     weights: dict[str, torch.Tensor]
+    shards: Path | None  # the folder of the optimizer's shards (a run under torchrun), checked
 
 
 class RankParts(NamedTuple):
@@ -227,6 +229,7 @@ def _read_resumable(cfg: TrainConfig, path: Path, record: dict, config: LRTConfi
         raise ValueError(f"checkpoint {path} config does not match this run ({'; '.join(diff)})")
     state = checkpoint.load_train_state(path, record)
     weights = checkpoint.load_weights(path)
+    shards = checkpoint.optimizer_shards(path, state)
     kinds = state.get("optimizer_kinds")
     if kinds is None:
         raise ValueError(
@@ -235,20 +238,20 @@ def _read_resumable(cfg: TrainConfig, path: Path, record: dict, config: LRTConfi
         )
     if kinds != optimizer_kinds(cfg.optim, device):
         raise ValueError(f"checkpoint {path} was trained with {'+'.join(kinds)}: --optimizer cannot change on resume")
-    return Saved(record, state, weights)
+    return Saved(record, state, weights, shards)
 
 
 def _restore(parts: RunParts, saved: Saved) -> None:
-    """Weights and optimizer moments through torch.distributed.checkpoint's full state dicts
-    (any world size, any parallel mode); the rates and weight decay from this run's config, so
-    learning-rate flags given with --resume apply; the data stream where it stopped, on any world
-    size (an older lrt's run, whose ranks read parts of the stream: at its ranks' earliest position)."""
+    """Weights and optimizer moments through torch.distributed.checkpoint (any world size, any
+    parallel mode); the rates and weight decay from this run's config, so learning-rate flags
+    given with --resume apply; the data stream where it stopped, on any world size (an older lrt's
+    run, whose ranks read parts of the stream: at its ranks' earliest position)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(parts.model, saved.weights, options=options)
+    set_model_state_dict(parts.model, saved.weights, options=StateDictOptions(full_state_dict=True))
     base = [[(g["lr"], g["weight_decay"]) for g in opt.param_groups] for opt in parts.optimizers]
-    set_optimizer_state_dict(parts.model, parts.optimizers, saved.state["optimizer"], options=options)
+    optimizer, options = _saved_optimizer(parts, saved)
+    set_optimizer_state_dict(parts.model, parts.optimizers, optimizer, options=options)
     for opt, groups in zip(parts.optimizers, base):
         for group, (lr, weight_decay) in zip(opt.param_groups, groups):
             group["initial_lr"], group["weight_decay"] = lr, weight_decay
@@ -259,6 +262,18 @@ def _restore(parts: RunParts, saved: Saved) -> None:
         parts.loader.load_state_dict(loaders[0])
     else:  # an older lrt's run, whose ranks read disjoint parts of the stream
         parts.loader.restart(earliest([s["position"] for s in loaders if s["position"] is not None] or [{}]))
+
+
+def _saved_optimizer(parts: RunParts, saved: Saved):
+    """The optimizer state dict to restore and its StateDictOptions: whole (a one-process run's
+    checkpoint), or this run's own sharded state dict with the checkpoint's shards read into it
+    (DCP reshards from the world size that wrote them to this one)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    if saved.shards is None:
+        return saved.state["optimizer"], StateDictOptions(full_state_dict=True)
+    template = get_optimizer_state_dict(parts.model, parts.optimizers)
+    return checkpoint.load_optimizer_shards(saved.shards, saved.state["optimizer"], template), StateDictOptions()
 
 
 def same_loader_state(a: dict, b: dict) -> bool:
@@ -272,6 +287,10 @@ def _claim_folder(parts: RunParts) -> None:
     parts.folder.acquire()
     try:
         parts.folder.check_owner(resumed_from)  # again, now that no one else can write it
+        if resumed_from is not None and parts.folder.path.resolve() == resumed_from.resolve():
+            aside = parts.folder.set_aside_after(parts.start.step)
+            if aside is not None:
+                print(f"lrt: rewound to step {parts.start.step}; the later checkpoints are in {aside}", file=sys.stderr)
         _truncate_metrics(parts.metrics_path, parts.start.step)
     except BaseException:
         parts.folder.release()

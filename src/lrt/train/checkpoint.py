@@ -7,7 +7,12 @@ A checkpoint is a folder `step_000123/` holding
 - `checkpoint.json`: model config, tokenizer reference, step, training config, and the rest of
   the training state (optimizer hyperparameters, data position, Python/numpy RNG states) with
   references to those tensors;
-- `tokenizer.json` for a BPE tokenizer.
+- `tokenizer.json` for a BPE tokenizer;
+- `optimizer/` for a run under torchrun: the optimizer state sharded as the ranks hold it, one
+  safetensors file per rank that holds part of it, written by every rank at once through
+  torch.distributed.checkpoint (DCP), and read back on any world size (DCP reshards). Its tensors
+  are then not in `train_state.safetensors`; `checkpoint.json` records the folder and the state
+  dict's layout.
 It is written to a temporary folder and renamed into place, so a crash leaves either the old
 set of checkpoints or the new one, and the last `keep` are kept. Only folders named exactly
 `step_NNNNNN` are checkpoints; `recover` tidies what a killed save leaves (`.tmp`, `.old`).
@@ -18,10 +23,12 @@ to lies inside its folder: the tokenizer is a file beside the weights, checked b
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,19 +42,30 @@ from ..data.tokenizer import BPETokenizer, Tokenizer, tokenizer_from_reference
 from ..model import LRT
 from ..runtime import resolve_device
 from .config import TrainConfig
+from .distributed import local
 
 FORMAT = "lrt-checkpoint-1"
 
 
-def flatten_tensors(tree, tensors: dict[str, torch.Tensor], prefix: str):
-    """Replace every tensor in a nested dict/list by a reference, collecting the tensors."""
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous()
+
+
+SHARD = "__shard__"  # {SHARD: name}: a tensor in the checkpoint's optimizer shards, left as it is
+
+
+def flatten_tensors(tree, tensors: dict[str, torch.Tensor], prefix: str, take=_host_copy):
+    """Replace every tensor in a nested dict/list by a reference, collecting `take(tensor)`s (a
+    CPU copy, unless the caller wants the tensors themselves: DCP writes and loads them in place)."""
     if isinstance(tree, torch.Tensor):
-        tensors[prefix] = tree.detach().cpu().contiguous()
+        tensors[prefix] = take(tree)
         return {"__tensor__": prefix}
+    if isinstance(tree, dict) and SHARD in tree:
+        return tree
     if isinstance(tree, dict):
-        return {"__dict__": [[k, flatten_tensors(v, tensors, f"{prefix}.{k}")] for k, v in tree.items()]}
+        return {"__dict__": [[k, flatten_tensors(v, tensors, f"{prefix}.{k}", take)] for k, v in tree.items()]}
     if isinstance(tree, (list, tuple)):
-        return [flatten_tensors(v, tensors, f"{prefix}.{i}") for i, v in enumerate(tree)]
+        return [flatten_tensors(v, tensors, f"{prefix}.{i}", take) for i, v in enumerate(tree)]
     return tree
 
 
@@ -84,6 +102,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def write_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, whose write errors (a full disk, a file-size limit) come as
+    SafetensorError, neither OSError nor ValueError: here they are OSError, naming the file."""
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as e:
+        raise OSError(f"could not write {path}: {e}") from None
+
+
 def step_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
 
@@ -94,7 +121,12 @@ CHECKPOINT_NAME = re.compile(r"step_\d{6,}")
 def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     found = [p for p in root.glob("step_*") if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)]
-    return sorted(found, key=lambda p: int(p.name[len("step_") :]))  # by step: step_1000000 after step_999999
+    return sorted(found, key=checkpoint_step)  # by step: step_1000000 after step_999999
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint folder, from its name."""
+    return int(path.name[len("step_") :])
 
 
 def recover(run_dir: Path) -> None:
@@ -122,6 +154,25 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def temp_dir(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of `step` is written before it is renamed into place."""
+    final = step_dir(run_dir, step)
+    return final.with_name(final.name + ".tmp")
+
+
+def begin(run_dir: Path, step: int) -> Path:
+    """The temporary folder of `step`'s checkpoint, empty: what a killed save of it left goes."""
+    tmp = temp_dir(run_dir, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def discard(run_dir: Path, step: int) -> None:
+    """Remove the temporary folder of a save that failed."""
+    shutil.rmtree(temp_dir(run_dir, step), ignore_errors=True)
+
+
 def save_checkpoint(
     run_dir,
     step: int,
@@ -133,42 +184,51 @@ def save_checkpoint(
     keep: int = 3,
     weights: dict[str, torch.Tensor] | None = None,
     kept: frozenset[int] = frozenset(),
+    begun: bool = False,
 ) -> Path:
     """Write the checkpoint of `step` atomically and prune all but the newest `keep` (the steps
     in `kept` are never pruned, nor counted).
     `meta` is plain JSON; `state` may hold tensors anywhere in it; `weights` is the model's full
     state dict where the caller gathered it (a sharded model), else model.state_dict(). Refuses
-    non-finite weights."""
+    non-finite weights. `begun`: the temporary folder (`begin`) already holds the ranks' optimizer
+    shards, which are renamed into place with the rest."""
     model = getattr(model, "module", model)  # unwrap DDP
     weights = {k: v.detach().cpu().contiguous() for k, v in (weights or model.state_dict()).items()}
     broken = non_finite(weights)
     if broken:
         raise ValueError(f"refusing to save step {step}: non-finite weights in {', '.join(broken[:3])}")
-    final = step_dir(run_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir(run_dir, step) if begun else begin(run_dir, step)
     try:
-        save_file(weights, tmp / "model.safetensors")
-        tensors: dict[str, torch.Tensor] = {}
-        state = flatten_tensors(state, tensors, "state")
-        save_file(tensors, tmp / "train_state.safetensors")
-        if isinstance(tokenizer, BPETokenizer):
-            tokenizer.save(tmp / "tokenizer.json")
-        record = {
-            "format": FORMAT,
-            "step": step,
-            "config": model.config.to_dict(),
-            "tokenizer": tokenizer.reference(),
-            **meta,
-            "train_state": state,
-        }
-        (tmp / "checkpoint.json").write_text(json.dumps(record, indent=1))
-        for f in tmp.iterdir():
-            _fsync(f)
+        _write(tmp, step, model, weights, tokenizer, meta, state)
     except BaseException:  # a full disk, a Ctrl-C: nothing half-written stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    final = _commit(tmp, step_dir(run_dir, step))
+    _prune(run_dir, keep, kept)
+    return final
+
+
+def _write(tmp: Path, step: int, model, weights: dict, tokenizer, meta: dict, state: dict) -> None:
+    write_tensors(weights, tmp / "model.safetensors")
+    tensors: dict[str, torch.Tensor] = {}
+    state = flatten_tensors(state, tensors, "state")
+    write_tensors(tensors, tmp / "train_state.safetensors")
+    if isinstance(tokenizer, BPETokenizer):
+        tokenizer.save(tmp / "tokenizer.json")
+    record = {
+        "format": FORMAT,
+        "step": step,
+        "config": model.config.to_dict(),
+        "tokenizer": tokenizer.reference(),
+        **meta,
+        "train_state": state,
+    }
+    (tmp / "checkpoint.json").write_text(json.dumps(record, indent=1))
+    for f in tmp.iterdir():  # the optimizer/ folder too: its entries (DCP fsyncs the files in it)
+        _fsync(f)
+
+
+def _commit(tmp: Path, final: Path) -> Path:
     if final.exists():  # same step written again: swap, so a good copy exists at every moment
         old = final.with_name(final.name + ".old")
         final.rename(old)
@@ -177,14 +237,86 @@ def save_checkpoint(
     else:
         tmp.rename(final)
     _fsync(final.parent)  # the renames themselves reach the disk
-    prunable = [p for p in list_checkpoints(run_dir) if int(p.name[len("step_") :]) not in kept]
+    return final
+
+
+def _prune(run_dir: Path, keep: int, kept: frozenset[int]) -> None:
+    """Remove whole step folders (optimizer shards included) but the newest `keep` and `kept`."""
+    prunable = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) not in kept]
     for stale in prunable[:-keep]:
         # renamed first: a save killed while deleting leaves a `.tmp` (tidied by recover), never a torn step_*
         doomed = stale.with_name(stale.name + ".tmp")
         shutil.rmtree(doomed, ignore_errors=True)
         stale.rename(doomed)
         shutil.rmtree(doomed)
-    return final
+
+
+# the optimizer sharded through DCP (runs under torchrun) -------------------------------------------
+#
+# DCP's own file format keeps its index in a pickle (`.metadata`) and non-tensor values as pickles
+# too; reading them would break "nothing is unpickled". Its safetensors storage (the Hugging Face
+# writer and reader) keeps each rank's shard in a safetensors file whose header says where the
+# shard lies in the whole tensor, and reads the index back from those headers. So only tensors go
+# to DCP; the state dict itself, param_groups and all, stays in checkpoint.json's train_state as
+# before, each tensor a {SHARD: name} reference into the shards.
+
+OPTIMIZER_FOLDER = "optimizer"
+
+
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def refuse_non_finite_shards(optimizer: dict, step: int) -> None:
+    """Raise if this rank's part of the sharded optimizer state dict holds a NaN or inf."""
+    shards: dict[str, torch.Tensor] = {}
+    flatten_tensors(optimizer, shards, "optimizer", take=local)  # of a DTensor, this rank's part
+    broken = non_finite(shards)
+    if broken:
+        raise ValueError(f"refusing to save step {step}: non-finite optimizer state in {', '.join(broken[:3])}")
+
+
+def _dcp_error(e: BaseException) -> str:
+    """The first rank's error of a CheckpointException, in one line (its str holds tracebacks)."""
+    failures = getattr(e, "failures", None)
+    if not failures:
+        return str(e)
+    error, _ = next(iter(failures.values()))
+    return f"{type(error).__name__}: {error}"
+
+
+def save_optimizer_shards(tmp: Path, optimizer: dict) -> dict:
+    """Every rank writes its shard of the sharded optimizer state dict into `tmp`/optimizer/ (a
+    collective: every rank calls it, after rank 0 made `tmp`); what train_state records of it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    tensors: dict[str, torch.Tensor] = {}
+    flat = flatten_tensors(optimizer, tensors, "optimizer", take=_same)
+    layout = unflatten_tensors(flat, {name: {SHARD: name} for name in tensors})  # tensors -> references
+    writer = dcp.HuggingFaceStorageWriter(str(tmp / OPTIMIZER_FOLDER), save_distributed=True)
+    try:
+        dcp.save(tensors, storage_writer=writer)
+    except CheckpointException as e:  # a BaseException, which world.agree would not see
+        raise OSError(f"writing the optimizer shards failed ({_dcp_error(e)})") from None
+    return {"dcp": OPTIMIZER_FOLDER, "state_dict": layout}
+
+
+def _map_shards(tree, fn):
+    """`tree` with each {SHARD: name} replaced by fn(name)."""
+    if isinstance(tree, dict) and SHARD in tree:
+        return fn(tree[SHARD])
+    if isinstance(tree, dict):
+        return {k: _map_shards(v, fn) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_map_shards(v, fn) for v in tree]
+    return tree
+
+
+def _shard_names(tree) -> list[str]:
+    names: list[str] = []
+    _map_shards(tree, names.append)
+    return names
 
 
 def resolve(path) -> Path:
@@ -254,6 +386,73 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 def load_train_state(path: Path, record: dict) -> dict:
     """The training state saved beside the weights, tensors in place."""
     return unflatten_tensors(record["train_state"], _load_tensors(path / "train_state.safetensors"))
+
+
+def optimizer_shards(path: Path, state: dict) -> Path | None:
+    """The folder of a checkpoint's optimizer shards (None: the optimizer is whole in train_state),
+    checked before any rank loads from it: inside the checkpoint, there, readable, and holding
+    every tensor the layout names whole."""
+    saved = state.get("optimizer")
+    if not (isinstance(saved, dict) and "dcp" in saved):
+        return None
+    if not isinstance(saved.get("state_dict"), dict):
+        raise ValueError(f"checkpoint {path} is corrupt: its train_state names optimizer shards but no state dict")
+    folder = _inside(path, saved["dcp"])
+    if not folder.is_dir():
+        raise ValueError(f"checkpoint {path} is incomplete: its optimizer shards ({saved['dcp']}/) are missing")
+    index = _shard_index(path, folder)
+    for name in _shard_names(saved["state_dict"]):
+        entry = index.state_dict_metadata.get(name)
+        stored = 0 if entry is None else sum(math.prod(chunk.sizes) for chunk in entry.chunks)
+        if entry is None or stored != math.prod(entry.size):
+            raise ValueError(
+                f"checkpoint {path} is incomplete: its optimizer shards hold {stored} of the values of {name} "
+                "(a shard file is missing)"
+            )
+    return folder
+
+
+def _inside(path: Path, name) -> Path:
+    """The subfolder `name` of checkpoint `path`; a name leading anywhere else is refused."""
+    folder = (path.resolve() / str(name)).resolve()
+    if folder.parent != path.resolve():
+        raise ValueError(f"checkpoint {path}: its optimizer reference {name!r} leads outside the checkpoint folder")
+    return folder
+
+
+def _shard_index(path: Path, folder: Path):
+    """DCP's index of the shards, from the safetensors headers (no pickle)."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        return dcp.HuggingFaceStorageReader(str(folder)).read_metadata()
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint {path}: its optimizer shards are corrupt or truncated ({e})") from None
+
+
+def load_optimizer_shards(folder: Path, saved: dict, template: dict) -> dict:
+    """The optimizer state dict train_state's `saved` describes, its tensors read from the shards
+    in `folder` into those of `template` (this run's own sharded state dict), in place. DCP
+    reshards: any world size and parallel mode reads them, one process without a process group too."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    ours: dict[str, torch.Tensor] = {}
+    flatten_tensors(template, ours, "optimizer", take=_same)
+    reader = dcp.HuggingFaceStorageReader(str(folder))
+    try:
+        # the saved tensors only: the template has state for every parameter, the run saved none
+        # for those that never had a gradient (memory weights a baseline schedule does not read)
+        wanted = {name: ours[name] for name in _shard_names(saved["state_dict"])}
+        with warnings.catch_warnings():  # DCP warns that one process reads alone: here it means to
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(wanted, storage_reader=reader, no_dist=not dist.is_initialized())
+        return _map_shards(saved["state_dict"], wanted.__getitem__)
+    except (CheckpointException, KeyError) as e:  # a tensor one side has and the other lacks
+        raise ValueError(
+            f"checkpoint {folder.parent}: its optimizer state does not fit this run ({_dcp_error(e)})"
+        ) from None
 
 
 @dataclass

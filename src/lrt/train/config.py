@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..attention import ATTENTION_CHOICES, check_attention
 from ..budget import micro_batches, tokens_per_step
-from ..config import LRTConfig, check_int, option
+from ..config import LRTConfig, check_int, check_number, option
 from ..presets import PRESET_NAMES, get_preset
 from ..schedules import SCHEDULE_SPECS, Baseline, Jacobi, Schedule, parse_schedule
 from .distributed import BACKENDS, PARALLEL
@@ -69,6 +69,9 @@ class TrainConfig:
     )
     keep: int = option(3, "checkpoints kept (besides those of --save-at)")
     seed: int = option(0, "random seed")
+    peak_tflops: float | None = option(
+        None, "the device's peak TFLOP/s, for each step's MFU in metrics.jsonl (bf16 on H100, H200, A100: known)"
+    )
 
     def __post_init__(self):
         if isinstance(self.optim, dict):
@@ -78,6 +81,8 @@ class TrainConfig:
         check_int("save_every", self.save_every, low=0)
         if self.total_batch_size is not None:
             check_int("total_batch_size", self.total_batch_size)
+        if self.peak_tflops is not None:
+            check_number("peak_tflops", self.peak_tflops)
         check_int("seed", self.seed, low=0)
         if self.seq_len is not None:
             check_int("seq_len", self.seq_len, low=2)

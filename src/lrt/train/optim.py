@@ -20,6 +20,7 @@ from ..config import check_int, check_number, option
 from .muon import Muon
 
 OPTIMIZERS = ("auto", "muon", "adamw")
+MAX_RATE = 1e30
 
 
 @dataclass
@@ -34,6 +35,7 @@ class OptimConfig:
     # the single rate of adamw (best of 2e-3/4e-3/8e-3 on the demo model)
     adamw_lr: float = option(4e-3, "the one rate of --optimizer adamw")
     weight_decay: float = option(0.0, "weight decay of Muon / plain AdamW")
+    grad_clip: float = option(0.0, "clip the gradients' global norm to this before each step (0: off)")
     warmup_steps: int = option(0, "linear warmup steps")
     warmdown_ratio: float = option(0.2, "fraction of the steps over which the rate decays linearly at the end")
     final_lr_frac: float = option(0.0, "the rate at the end of warmdown, as a fraction of the peak")
@@ -41,8 +43,10 @@ class OptimConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "adamw_lr", "weight_decay"):
-            check_number(name, getattr(self, name))
+        rates = ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "adamw_lr")
+        for name in (*rates, "weight_decay", "grad_clip"):
+            # past MAX_RATE an optimizer's float32 arithmetic overflows before training can diverge
+            check_number(name, getattr(self, name), high=MAX_RATE)
         check_int("warmup_steps", self.warmup_steps, low=0)
         check_number("warmdown_ratio", self.warmdown_ratio, high=1)
         check_number("final_lr_frac", self.final_lr_frac, high=1)

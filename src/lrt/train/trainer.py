@@ -5,9 +5,10 @@ the checks are all-reduced, and rank 0 writes the run folder. What the loop runs
 optimizers, data, run folder, a resumed checkpoint's state) is built by build.py.
 
 What it promises (docs/reliability.md): the run folder is locked for the run's lifetime and
-belongs to one run; nothing non-finite is logged or saved (the loss and the weights are checked
-after every step, with one host sync); Ctrl-C finishes the step, saves a checkpoint and stops; on
-resume the tokenizer is the checkpoint's own copy, and learning-rate flags given apply.
+belongs to one run; nothing non-finite is logged or saved (the loss and the weights of every step
+are checked, with one host sync, on a GPU made while the next step runs); Ctrl-C finishes the
+step, saves a checkpoint and stops; on resume the tokenizer is the checkpoint's own copy, and
+learning-rate flags given apply.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +26,7 @@ from tqdm import tqdm
 
 from ..evaluate import evaluate_bpb
 from ..memory import Memory
+from ..runtime import known_peak_tflops
 from . import checkpoint, distributed
 from .build import build_run
 from .config import TrainConfig
@@ -59,6 +62,9 @@ class Trainer:
         self.finished = start.finished
         self.interrupted, self.stop = threading.Event(), False  # set by Ctrl-C while training
         self.last_checkpoint = self.parts.resumed
+        # read a step's numbers while the next one runs: on a GPU, whose work the host only queues
+        # (elsewhere the host computes each step itself: nothing to overlap)
+        self.overlap = self.device.type == "cuda"
 
     # the run's parts, under the names the CLI, the experiments and the tests read
     world = _part("world")
@@ -97,18 +103,32 @@ class Trainer:
         return contextlib.nullcontext()
 
     def save(self, final: bool = False) -> Path | None:
-        """Every rank hands its part to rank 0 (full state dicts through torch.distributed.checkpoint;
-        each rank's data position and RNG), which writes the checkpoint; its path on rank 0."""
+        """Write a checkpoint; its path on rank 0. Every rank hands rank 0 the full weights
+        (torch.distributed.checkpoint's state-dict helpers), its data position and its RNG, and
+        rank 0 writes them. On one process the optimizer state goes with them; under torchrun each
+        rank first writes its own shard of it into the checkpoint's optimizer/ folder (DCP), so no
+        rank ever holds it whole, and rank 0 renames the folder into place once all are written.
+
+        The save is synchronous. dcp.async_save returns before the shards are on disk, and the
+        checkpoint may only be renamed into place once every rank's are: that is a second agreed
+        step some training steps later, with the temporary folder and the staged copy of the
+        state alive across them, and a Ctrl-C, a divergence or the final save in between must
+        wait for it or discard it. The atomic rename is what the checkpoints promise; at the scale
+        lrt trains (seconds per save, every few hundred steps) it is not worth that machinery."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
             get_optimizer_state_dict,
         )
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        weights = get_model_state_dict(self.model, options=options)
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        sharded = self.world.distributed
+        weights = get_model_state_dict(self.model, options=full)
+        optimizer = get_optimizer_state_dict(
+            self.model, self.optimizers, options=StateDictOptions() if sharded else full
+        )
         state = {
-            "optimizer": get_optimizer_state_dict(self.model, self.optimizers, options=options),
+            "optimizer": optimizer,
             "optimizer_kinds": [type(opt).__name__ for opt in self.optimizers],
             "loaders": self.world.gather(self.loader.state_dict()),
             "rngs": self.world.gather(checkpoint.rng_state()),
@@ -132,45 +152,105 @@ class Trainer:
                 keep=self.cfg.keep,
                 weights=weights,
                 kept=frozenset(self.cfg.save_at),
+                begun=sharded,
             )
 
-        self.last_checkpoint = self.world.agree(lambda: write() if self.world.main else None)
+        try:
+            if sharded:
+                state["optimizer"] = self._save_optimizer_shards(optimizer)  # train_state records where
+            self.last_checkpoint = self.world.agree(lambda: write() if self.world.main else None)
+        except BaseException:
+            if sharded and self.world.main:  # the shards written so far: no torn step_* (recover would tidy it too)
+                checkpoint.discard(self.out, self.step)
+            raise
         return self.last_checkpoint
+
+    def _save_optimizer_shards(self, optimizer: dict) -> dict:
+        """Every rank's shard of the sharded optimizer state dict into the checkpoint's temporary
+        folder; what train_state records of it. First, in one agreed step, every rank checks its
+        shard is finite and rank 0 empties the folder: a NaN anywhere stops every rank before
+        anything is written, and no rank writes into a folder rank 0 is still clearing."""
+        world, step = self.world, self.step
+
+        def prepare():
+            checkpoint.refuse_non_finite_shards(optimizer, step)
+            if world.main:
+                checkpoint.begin(self.out, step)
+
+        world.agree(prepare)
+        tmp = checkpoint.temp_dir(self.out, step)
+        return world.agree(lambda: checkpoint.save_optimizer_shards(tmp, optimizer))
 
     # the loop -----------------------------------------------------------------------------------
 
-    def train_step(self) -> float:
-        """One optimizer step over the world's batch; the mean loss. Stops (Diverged) if the loss
-        or the updated weights are not finite on any rank, before anything of the step is logged
-        or saved."""
+    def train_step(self) -> Launched:
+        """Launch one optimizer step over the world's batch; its statistics stay on the device,
+        summed over ranks, until `_settle` reads them (on a GPU, while the next step runs)."""
         cfg = self.cfg
         set_lr(self.optimizers, lr_multiplier(self.step, cfg.steps, cfg.optim))
         total = torch.zeros((), device=self.device)
-        for micro in range(self.grad_accum):
-            x, y = (t.to(self.device) for t in self.loader.next_batch())
+        batches = [self._device_batch() for _ in range(self.grad_accum)]  # copied ahead, while the GPU works
+        for micro, (x, y) in enumerate(batches):
             with self.autocast(), distributed.syncing(self.forward, sync=micro == self.grad_accum - 1):
                 loss = self.forward(x, y, schedule=self.schedule, return_logits=False).loss
                 (loss / self.grad_accum).backward()
             total += loss.detach() / self.grad_accum
+        grad_norm = torch.zeros((), device=self.device)
+        if cfg.optim.grad_clip:
+            grad_norm = _replicated(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
         for opt in self.optimizers:
             opt.step()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens += self.tokens_per_step
-        # the largest weight is finite iff every weight is; one collective and one host sync
+        # the largest weight is finite iff every weight is: one collective for every check
         local = [t for t in map(distributed.local, self.model.parameters()) if t.numel()]  # shards may be empty
         largest = torch.nn.utils.get_total_norm(local, norm_type=float("inf"))
         interrupted = torch.tensor(float(self.interrupted.is_set()), device=self.device)
-        loss, largest, interrupted = self.world.all_sum(torch.stack([total, largest.to(total), interrupted])).tolist()
-        loss /= self.world.size
-        self.stop = interrupted > 0  # Ctrl-C on any rank: every rank saves and stops after this step
+        stats = self.world.all_sum(torch.stack([total, largest.to(total), interrupted, grad_norm.to(total)]))
+        return Launched(self.step, self.tokens, stats)
+
+    def _device_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next micro-batch on the device: from pinned memory without waiting, on a GPU."""
+        x, y = self.loader.next_batch()
+        if self.device.type != "cuda":
+            return x.to(self.device), y.to(self.device)
+        return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in (x, y))
+
+    def _settle(self, launched: Launched, bar) -> float:
+        """Read a launched step's statistics (the host waits for it here, and only here): stop
+        (Diverged) if its loss or weights are not finite on any rank, before anything of it is
+        logged or saved; note a Ctrl-C on any rank; log it. Its mean loss."""
+        loss, largest, interrupted, grad_norm = launched.stats.tolist()
+        loss, grad_norm = loss / self.world.size, grad_norm / self.world.size
         if not (abs(loss) < float("inf") and largest < float("inf")):  # NaN fails both comparisons
             where = self.last_checkpoint or "none (nothing was saved)"
             raise Diverged(
-                f"non-finite {'loss' if not abs(loss) < float('inf') else 'weights'} at step {self.step}; "
+                f"non-finite {'loss' if not abs(loss) < float('inf') else 'weights'} at step {launched.step}; "
                 f"the last checkpoint is {where}: lower the learning rates"
             )
+        self.stop = self.stop or interrupted > 0  # Ctrl-C on any rank: every rank saves and stops
+        now = time.perf_counter()
+        dt, self._settled_at = now - self._settled_at, now
+        self.train_time += dt
+        record = {
+            "step": launched.step,
+            "kind": "train",
+            "loss": loss,
+            "tokens": launched.tokens,
+            "flops": launched.step * self.flops_per_step,
+            "time": self.train_time,
+            "tokens_per_s": self.tokens_per_step / dt,
+        }
+        if self.cfg.optim.grad_clip:
+            record["grad_norm"] = grad_norm  # before clipping
+        peak = self.cfg.peak_tflops or (known_peak_tflops(self.device) if self.cfg.dtype == "bfloat16" else None)
+        if peak:
+            record["mfu"] = self.flops_per_step / dt / (peak * 1e12 * self.world.size)
+        self._log(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
         return loss
 
     def evaluate(self, exact: bool = False):
@@ -232,24 +312,20 @@ class Trainer:
         return {**final, "tokens": self.tokens, "train_time": self.train_time, "out": str(self.out)}
 
     def _steps(self, bar) -> None:
+        """Steps to cfg.steps. A step's numbers are read while the next one runs, except at a step
+        whose numbers are needed at once: validation, a checkpoint, the last step, a Ctrl-C."""
         cfg = self.cfg
+        self._settled_at = time.perf_counter()
+        pending = None
         while self.step < cfg.steps:
-            t0 = time.perf_counter()
-            loss = self.train_step()
-            dt = time.perf_counter() - t0
-            self.train_time += dt
-            self._log(
-                {
-                    "step": self.step,
-                    "kind": "train",
-                    "loss": loss,
-                    "tokens": self.tokens,
-                    "flops": self.step * self.flops_per_step,
-                    "time": self.train_time,
-                }
-            )
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self.tokens_per_step / dt:,.0f}")
+            launched = self.train_step()
+            if pending is not None:
+                self._settle(pending, bar)
+            pending = launched
+            if self.overlap and not (self.stop or self._boundary(launched.step)):
+                continue
+            loss = self._settle(pending, bar)
+            pending = None
             if self.stop:
                 raise Interrupted(
                     f"interrupted: saved step {self.step} to {self.save()}; continue with lrt train --resume {self.out}"
@@ -259,22 +335,52 @@ class Trainer:
             periodic = cfg.save_every and self.step % cfg.save_every == 0
             if (periodic or self.step in cfg.save_at) and self.step < cfg.steps:
                 self.save()
+            self._settled_at = time.perf_counter()  # validation and saving are not training time
+
+    def _boundary(self, step: int) -> bool:
+        """Whether something needs this step's numbers before the next step starts."""
+        cfg = self.cfg
+        return (
+            step >= cfg.steps
+            or step % cfg.eval_every == 0
+            or step in cfg.exact_at
+            or step in cfg.save_at
+            or bool(cfg.save_every and step % cfg.save_every == 0)
+        )
+
+
+@dataclass
+class Launched:
+    """A step launched: its number, the tokens trained after it, its statistics on the device."""
+
+    step: int
+    tokens: int
+    stats: torch.Tensor
+
+
+def _replicated(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as a plain tensor (FSDP2's is a DTensor)."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 @contextlib.contextmanager
 def interrupt_after_step(event: threading.Event):
-    """While training: the first Ctrl-C sets the event (the loop finishes its step, saves and
-    stops); a second one interrupts at once. Off the main thread, Ctrl-C is left alone."""
+    """While training: the first Ctrl-C or SIGTERM (what kill, docker, SLURM and Kubernetes send)
+    sets the event (the loop finishes its step, saves and stops); a second one acts as it would
+    have without us. Off the main thread, signals are left alone."""
     if threading.current_thread() is not threading.main_thread():
         yield event
         return
+    signals = (signal.SIGINT, signal.SIGTERM)
 
     def handler(signum, frame):
         event.set()
-        signal.signal(signal.SIGINT, previous)
+        for sig, before in zip(signals, previous):
+            signal.signal(sig, before)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = [signal.signal(sig, handler) for sig in signals]
     try:
         yield event
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, before in zip(signals, previous):
+            signal.signal(sig, before)
