@@ -231,7 +231,8 @@ def cases(root):
     for flag, values in {
         "--vocab-size": ["0", "100", "x"],
         "--max-chars": ["0", "-1"],
-        "--out": [str(root / "nodir"), str(root / "a_file/tok.json")],
+        # an existing file was overwritten silently (issue 25)
+        "--out": [str(root / "nodir"), str(root / "a_file/tok.json"), str(root / "text.txt")],
         "--data": [str(root / "nope")],
     }.items():
         for v in values:

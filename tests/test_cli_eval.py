@@ -141,10 +141,20 @@ def test_bad_input(run, bundle, tmp_path, capsys):
     (broken / "eval_data/sub/lm.jsonl").write_text('{"context": "a", "continuation": "b"}\nnot json\n')
     unknown = tmp_path / "unknown_bundle"
     write_core_bundle(unknown, {"lm": ("ranking", 0, LM_ITEMS)})
+    escaping = tmp_path / "escaping_bundle"  # a dataset_uri reading a file outside the bundle (issue 25, 15)
+    write_core_bundle(escaping, {"lm": ("language_modeling", 0, LM_ITEMS)})
+    (escaping / "core.yaml").write_text((escaping / "core.yaml").read_text().replace("sub/lm.jsonl", "../../secret"))
+    (tmp_path / "secret").write_text(json.dumps(LM_ITEMS[0]) + "\n")
+    twice = tmp_path / "twice_bundle"  # a task listed twice would count twice in the mean
+    write_core_bundle(twice, {"lm": ("language_modeling", 0, LM_ITEMS)})
+    listed = (twice / "core.yaml").read_text()
+    (twice / "core.yaml").write_text(listed + listed.removeprefix("icl_tasks:\n"))
     cases = {
         "missing bundle": (["eval", "core", str(run), "--bundle", str(tmp_path / "nothing")], "has no core.yaml"),
         "unknown task type": (["eval", "core", str(run), "--bundle", str(unknown)], "unknown icl_task_type"),
         "malformed jsonl": (["eval", "core", str(run), "--bundle", str(broken)], r"lm\.jsonl, line 2"),
+        "uri outside the bundle": (["eval", "core", str(run), "--bundle", str(escaping)], "task 'lm': .* outside"),
+        "task listed twice": (["eval", "core", str(run), "--bundle", str(twice)], "task 'lm' is listed twice"),
         "empty prompt": (["generate", str(run), "--prompt", ""], "the prompt is empty|give a prompt"),
         "long prompt": (["generate", str(run), "--prompt", "x" * 100], "longer than the model's window of 64"),
         "no tokenizer": (["eval", "bpb", str(no_tokenizer)], "names no tokenizer"),

@@ -207,6 +207,13 @@ def sharded_runs(data, tmp_path_factory):
     return root
 
 
+def test_resuming_on_another_world_size_says_that_the_global_batch_changes(sharded_runs, tmp_path):
+    args = ("--out", str(tmp_path / "fork"), "--steps", "3", "--parallel", "none")
+    fork = run("train", "--resume", str(sharded_runs / "ddp"), *args)
+    assert fork.returncode == 0, fork.stderr[-3000:]
+    assert "global batch changes from 128 to 64 tokens per step" in fork.stderr  # 2 ranks x 2 rows of 32, now 1
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_ranks_write_the_optimizer_in_shards_one_process_reads_without_unpickling(
     sharded_runs, parallel, monkeypatch

@@ -172,6 +172,29 @@ def test_core_parallel_with_an_exact_schedule_matches_exact(tmp_path):
     assert [t.accuracy for t in exact.tasks] == [t.accuracy for t in parallel.tasks]
 
 
+def _point_task(root, label, uri):
+    """Point task `label` of the bundle at `uri`, and leave a valid data file outside eval_data/:
+    what a `..` or absolute dataset_uri reads (issue 25, 15)."""
+    (root / "outside.jsonl").write_text((root / f"eval_data/sub/{label}.jsonl").read_text())
+    yaml = root / "core.yaml"
+    yaml.write_text(yaml.read_text().replace(f"sub/{label}.jsonl", uri))
+
+
+def _link_task(root, label):
+    """A data file that is a symbolic link to a file outside the bundle."""
+    _point_task(root, label, f"sub/{label}.jsonl")
+    data = root / f"eval_data/sub/{label}.jsonl"
+    data.unlink()
+    data.symlink_to(root / "outside.jsonl")
+
+
+def _duplicate_first_task(root):
+    """List the first task of core.yaml twice: it would count twice in CORE's mean."""
+    yaml = root / "core.yaml"
+    first = yaml.read_text().split("-\n")[1]
+    yaml.write_text(yaml.read_text() + "-\n" + first)
+
+
 @pytest.mark.parametrize(
     "breakage, error, match",
     [
@@ -189,8 +212,23 @@ def test_core_parallel_with_an_exact_schedule_matches_exact(tmp_path):
             ValueError,
             "no random baseline",
         ),
+        (lambda root: _point_task(root, "lm", "../outside.jsonl"), ValueError, "task 'lm': .* outside"),
+        (lambda root: _point_task(root, "lm", "sub/../../outside.jsonl"), ValueError, "task 'lm': .* outside"),
+        (lambda root: _point_task(root, "lm", str(root / "outside.jsonl")), ValueError, "task 'lm': .* outside"),
+        (lambda root: _link_task(root, "lm"), ValueError, "task 'lm': .* outside"),
+        (_duplicate_first_task, ValueError, "task 'mc' is listed twice"),
     ],
-    ids=["no-yaml", "no-data", "unknown-type", "no-baseline"],
+    ids=[
+        "no-yaml",
+        "no-data",
+        "unknown-type",
+        "no-baseline",
+        "uri-up",
+        "uri-up-through-sub",
+        "uri-absolute",
+        "uri-symlink-out",
+        "duplicate-task",
+    ],
 )
 def test_bad_bundles(tmp_path, breakage, error, match):
     root = _bundle(tmp_path)

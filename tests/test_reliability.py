@@ -434,3 +434,123 @@ def test_a_real_file_size_limit_while_saving_is_one_line_and_no_checkpoint(tmp_p
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert re.search(r"could not write .*model\.safetensors", result.stderr.strip().splitlines()[-1])
     assert checkpoint.list_checkpoints(out) == [] and not list((out / "checkpoints").glob("*.tmp"))
+
+
+# 10. a malformed checkpoint.json is one line naming it (issue 25, 9) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A one-step run, and a BPE tokenizer file that is not its tokenizer."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    train(root / "run", "--steps", "1")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Passage {i}: the quick brown fox jumps over the lazy dog. " * 8 for i in range(20)))
+    bpe(corpus, root / "tokenizer.json", 300)
+    return root
+
+
+def _first_tensor_renamed(record):
+    """The record with its train_state's first tensor reference naming a tensor that is not in
+    train_state.safetensors."""
+    text = json.dumps(record).replace('"__tensor__": "state.', '"__tensor__": "state.nowhere.', 1)
+    assert "state.nowhere." in text
+    return json.loads(text)
+
+
+def _other_tokenizer_without_hash(record, folder, tiny_run):
+    """A BPE tokenizer copy beside the weights, referenced without its content hash: the hash was
+    the only check that the copy is the run's tokenizer."""
+    (folder / "tokenizer.json").write_bytes((tiny_run / "tokenizer.json").read_bytes())
+    return {**record, "tokenizer": {"kind": "bpe", "file": "tokenizer.json"}}
+
+
+def _changed(key, value):
+    return lambda record, folder, tiny_run: {**record, key: value}
+
+
+def _config(**changes):
+    return lambda record, folder, tiny_run: {**record, "config": {**record["config"], **changes}}
+
+
+ALL = ("eval", "resume", "generate")
+MALFORMED_RECORDS = {  # name: (edit, the commands that read it, what the line says)
+    "record-a-list": (lambda record, folder, tiny_run: [record], ALL, "not a JSON object"),
+    "tokenizer-a-string": (_changed("tokenizer", "byte"), ALL, "tokenizer reference must be a JSON object"),
+    "tokenizer-an-int": (_changed("tokenizer", 3), ALL, "tokenizer reference must be a JSON object"),
+    "tokenizer-unknown-kind": (_changed("tokenizer", {"kind": "wordpiece"}), ALL, "unknown tokenizer reference"),
+    "tokenizer-without-hash": (_other_tokenizer_without_hash, ALL, "tokenizer reference .* has no sha256"),
+    "tokenizer-hash-not-a-hash": (
+        _changed("tokenizer", {"kind": "bpe", "file": "tokenizer.json", "sha256": 5}),
+        ALL,
+        "sha256",
+    ),
+    "config-null": (_changed("config", None), ALL, "config must be a JSON object"),
+    "config-missing": (
+        lambda record, folder, tiny_run: {k: v for k, v in record.items() if k != "config"},
+        ALL,
+        "config must be",
+    ),
+    "config-a-list": (_changed("config", [64, 2]), ALL, "config must be a JSON object"),
+    "config-unknown-field": (_config(n_embed=64), ALL, "unknown LRTConfig field"),
+    "n_embd-absurd": (_config(n_embd=10**12), ALL, "n_embd must be"),
+    "n_embd-negative": (_config(n_embd=-64), ALL, "n_embd must be"),
+    "vocab_size-absurd": (_config(vocab_size=10**15), ALL, "vocab_size must be"),
+    "train_config-null": (_changed("train_config", None), ALL, "train_config must be a JSON object"),
+    "train_config-a-list": (_changed("train_config", ["tiny"]), ALL, "train_config must be a JSON object"),
+    "train_config-bad-field": (
+        lambda record, folder, tiny_run: {**record, "train_config": {**record["train_config"], "steps": "many"}},
+        ALL,
+        "train_config is invalid .*steps",
+    ),
+    "train_config-absurd-model": (
+        lambda record, folder, tiny_run: {
+            **record,
+            "train_config": {**record["train_config"], "model": {"n_embd": 10**12}},
+        },
+        ALL,
+        "n_embd must be",
+    ),
+    "step-a-string": (_changed("step", "1"), ALL, "step must be an integer >= 0"),
+    "step-negative": (_changed("step", -1), ALL, "step must be an integer >= 0"),
+    "tokens-a-string": (_changed("tokens", "128"), ALL, "tokens must be an integer >= 0"),
+    "train_time-null": (_changed("train_time", None), ALL, "train_time must be a finite number"),
+    "train_state-a-string": (_changed("train_state", "state"), ALL, "train_state"),
+    "tensor-reference-missing": (
+        lambda record, folder, tiny_run: _first_tensor_renamed(record),
+        ("resume",),  # evaluation and generation never read the training state
+        "refers to tensor 'state.nowhere.",
+    ),
+    **{  # what evaluation does without, but a resumed run needs
+        f"{key}-missing": (
+            lambda record, folder, tiny_run, key=key: {k: v for k, v in record.items() if k != key},
+            ("resume",),
+            "cannot be resumed",
+        )
+        for key in ("train_config", "tokens", "train_time")
+    },
+}
+COMMANDS = {
+    "eval": lambda run: ["eval", "bpb", str(run), "--tokens", "128"],
+    "resume": lambda run: ["train", "--resume", str(run), "--steps", "2"],
+    "generate": lambda run: ["generate", str(run), "--prompt", "a", "--max-tokens", "2", "--quiet"],
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_RECORDS)
+def test_a_malformed_checkpoint_record_is_one_line_naming_it(tmp_path, tiny_run, capsys, case):
+    """Each command that reads the checkpoint refuses the record with one line naming the file
+    and what is wrong: no traceback, and nothing in the run folder changes."""
+    import shutil
+
+    edit, commands, match = MALFORMED_RECORDS[case]
+    run = shutil.copytree(tiny_run / "run", tmp_path / "run")
+    folder = checkpoint.resolve(run)
+    record = json.loads((folder / "checkpoint.json").read_text())
+    (folder / "checkpoint.json").write_text(json.dumps(edit(record, folder, tiny_run)))
+    before = digest(run)
+    capsys.readouterr()
+    for command in commands:
+        assert main(COMMANDS[command](run)) == 2, command
+        one_line_error(capsys, rf"{re.escape(str(folder / 'checkpoint.json'))}.*{match}")
+        assert digest(run) == before, command

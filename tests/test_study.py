@@ -266,7 +266,8 @@ seeds = [0]
 """
 
 
-def test_a_killed_study_resumes_without_redoing_finished_work(tmp_path):
+def study_in_background(tmp_path, until):
+    """`lrt study run` of the STAGES spec in a session of its own, once `until(jobs)` holds."""
     spec_path, out = spec_file(tmp_path, STAGES), tmp_path / "study"
     process = subprocess.Popen(
         lrt_study("run", str(spec_path), "--out", str(out)),
@@ -276,8 +277,13 @@ def test_a_killed_study_resumes_without_redoing_finished_work(tmp_path):
     )
     jobs = load_spec(spec_path, out).jobs
     deadline = time.time() + 240
-    while sum(map(done, jobs)) < 3 and time.time() < deadline:
-        time.sleep(0.2)
+    while not until(jobs) and time.time() < deadline:
+        time.sleep(0.1)
+    return process, spec_path, out, jobs
+
+
+def test_a_killed_study_resumes_without_redoing_finished_work(tmp_path):
+    process, spec_path, out, jobs = study_in_background(tmp_path, lambda jobs: sum(map(done, jobs)) >= 3)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     finished = [j for j in jobs if done(j)]
@@ -304,17 +310,8 @@ def test_a_killed_study_resumes_without_redoing_finished_work(tmp_path):
 def test_ctrl_c_stops_a_study_its_running_children_save_and_no_new_run_starts(tmp_path):
     """Ctrl-C reaches the study and its children (one process group, as from a terminal): the
     running child saves and stops, the study starts no other run and exits 130 (issue 25, 11)."""
-    spec_path, out = spec_file(tmp_path, STAGES), tmp_path / "study"
-    process = subprocess.Popen(
-        lrt_study("run", str(spec_path), "--out", str(out)),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    jobs = load_spec(spec_path, out).jobs
-    deadline = time.time() + 240
-    while not any((j.path / "metrics.jsonl").exists() for j in jobs) and time.time() < deadline:
-        time.sleep(0.1)
+    running = lambda jobs: any((j.path / "metrics.jsonl").exists() for j in jobs)  # noqa: E731
+    process, _, _, jobs = study_in_background(tmp_path, running)
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=120) == 130
     assert not all(map(done, jobs))
@@ -370,3 +367,34 @@ def test_the_lr_check_picks_each_arms_best_and_a_diverged_rate_loses(tmp_path):
     choice = choose_lr(spec)
     assert choice["choice"] == {"baseline": 0.004, "lrt": 0.002}
     assert choice["means"]["lrt"]["0.008"] == float("inf")
+
+
+def test_an_edited_spec_toml_does_not_pass_its_old_runs_for_new_ones(tmp_path, monkeypatch, capsys):
+    """Issue 25: editing the study folder's own spec.toml in place kept every run as done, so `run`
+    said "all runs finished" and `report` showed runs of the old spec as the new one's (and an edit
+    of the steps had each send the user to the other). Each run's recorded config must be its
+    cell's: both commands name the runs that differ and how, in one line, and change nothing."""
+    from lrt.experiments import study
+
+    # each run in this process, not a child that imports torch again: the same work, seconds sooner
+    monkeypatch.setattr(study.Children, "run", lambda self, command, **popen: study.work(command[-1]))
+    spec_path, out = spec_file(tmp_path, ""), tmp_path / "study"
+    spec_path.write_text(spec_path.read_text().replace("seeds = [0, 1]", "seeds = [0]").replace(", 2e9]", "]"))
+    assert main(["study", "run", str(spec_path), "--out", str(out)]) == 0
+    kept = out / "spec.toml"
+    edits = [
+        ("warmup_steps = 1", "warmup_steps = 2", "optim.warmup_steps=1 (the spec says 2)"),
+        ("budgets = [1e9]", "budgets = [5e8]", "steps="),  # the trunk trains fewer steps, branches move
+    ]
+    for old, new, differs in edits:
+        capsys.readouterr()
+        kept.write_text(spec_path.read_text().replace(old, new))
+        before = digest(out)
+        for command in (["run", str(kept), "--out", str(out)], ["report", str(out)]):
+            assert main(["study", *command]) == 2, (old, command)
+            err = [line for line in capsys.readouterr().err.splitlines() if "trained under another spec" in line]
+            assert len(err) == 1 and differs in err[0] and "main/baseline/seed0/trunk" in err[0], err
+            assert "delete those run folders" in err[0]
+        assert digest(out) == before
+        if old.startswith("warmup"):  # every run differs (the other edit keeps a branch that is the same run)
+            assert not any(map(done, load_spec(kept, out).jobs))

@@ -12,6 +12,13 @@ PROJECTIONS = ("shared", "layerwise")
 VALUE_EMBEDS = ("none", "alternating", "all")
 
 
+# Upper bounds on the sizes that shape the weights, far above any real model (the largest have
+# n_embd ~16k, 128 layers, vocabularies ~256k): a size a corrupt checkpoint or a typo makes absurd
+# (n_embd = 10**12) is refused here, before a tensor is allocated from it, rather than failing in
+# the allocator (or overflowing a tensor's element count) with a traceback.
+SIZE_LIMITS = {"vocab_size": 2**24, "n_layer": 2**12, "n_embd": 2**17}
+
+
 def option(default, help: str, **metadata):
     """A field of a run's configuration that is also a command-line flag: `help` (and `choices`)
     become the flag's (train_config.flag_fields)."""
@@ -26,9 +33,10 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_int(name: str, value, low: int = 1) -> None:
-    if not is_int(value) or value < low:
-        _fail(name, "a positive integer" if low == 1 else f"an integer >= {low}", value)
+def check_int(name: str, value, low: int = 1, high: int | None = None) -> None:
+    if not is_int(value) or value < low or (high is not None and value > high):
+        allowed = "a positive integer" if low == 1 else f"an integer >= {low}"
+        _fail(name, allowed if high is None else f"{allowed} and <= {high:,}", value)
 
 
 def check_number(name: str, value, low: float = 0.0, high: float = math.inf, *, above: bool = False) -> None:
@@ -86,7 +94,7 @@ class LRTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "sequence_len", "n_layer", "n_head", "n_kv_head", "n_embd", "gate_channels"):
-            check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), high=SIZE_LIMITS.get(name))
         if self.n_embd % self.n_head:
             _fail("n_head", f"a divisor of n_embd={self.n_embd}", self.n_head)
         if self.n_head % self.n_kv_head:

@@ -40,12 +40,16 @@ def train_config_from_args(args, base: dict | None = None) -> TrainConfig:
 def cmd_train(args) -> None:
     from ..model import parameter_counts
     from ..train import checkpoint
+    from ..train.build import batch_change
     from ..train.trainer import Trainer
 
-    base = None
+    base = record = None
     if args.resume is not None:
         path = checkpoint.resolve(args.resume)
-        base = checkpoint.read_record(path)["train_config"]
+        record = checkpoint.read_record(path)
+        base = record.get("train_config")
+        if base is None:
+            raise ValueError(f"checkpoint {path / 'checkpoint.json'} cannot be resumed: it has no train_config")
         if "out" not in vars(args):
             base["out"] = str(path.parents[1])
     cfg = train_config_from_args(args, base)
@@ -56,6 +60,9 @@ def cmd_train(args) -> None:
             f"{trainer.tokens_per_step:,} tokens and {trainer.flops_per_step:.3g} FLOPs per step",
             file=sys.stderr,
         )
+        note = None if record is None else batch_change(record, trainer.world.size, trainer.tokens_per_step)
+        if note:
+            print(note, file=sys.stderr)
     summary = trainer.train()
     if trainer.world.main:
         print(json.dumps({k: summary.get(k) for k in ("step", "tokens", "train_time", "val_bpb", "out")}))
@@ -65,6 +72,8 @@ def cmd_tokenizer_train(args) -> None:
     from ..data import leading_texts, train_val_sources
     from ..data.tokenizer import BPETokenizer
 
+    if Path(args.out).exists():  # runs reference a tokenizer by content: never replace one silently
+        raise ValueError(f"{args.out} exists: choose another --out (or delete it first)")
     train, _ = train_val_sources(args.data, args.val_data)
     tok = BPETokenizer.train(leading_texts(train, args.max_chars), args.vocab_size)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -65,13 +65,15 @@ def load_bundle(bundle: str | Path) -> list[Task]:
     for entry in spec["icl_tasks"]:
         entry = entry if isinstance(entry, dict) else {}
         label, kind = entry.get("label"), entry.get("icl_task_type")
+        if any(t.label == label for t in tasks):  # CORE is the mean over tasks: it would count twice
+            raise ValueError(f"task {label!r} is listed twice in {bundle / 'core.yaml'}")
         if kind not in TASK_FIELDS:
             raise ValueError(f"task {label!r}: unknown icl_task_type {kind!r} (known: {', '.join(TASK_FIELDS)})")
         if label not in baselines:
             raise ValueError(f"task {label!r} has no random baseline in {bundle / 'eval_meta_data.csv'}")
         if not isinstance(entry.get("dataset_uri"), str):
             raise ValueError(f"task {label!r}: dataset_uri must name a file under eval_data/")
-        path = bundle / "eval_data" / entry["dataset_uri"]
+        path = _data_file(bundle, label, entry["dataset_uri"])
         if not path.is_file():
             raise FileNotFoundError(f"task {label!r}: data file {path} is missing")
         fewshot = entry.get("num_fewshot", [0])
@@ -83,6 +85,20 @@ def load_bundle(bundle: str | Path) -> list[Task]:
             raise ValueError(f"task {label!r}: continuation_delimiter must be a string, got {delimiter!r}")
         tasks.append(Task(label, kind, path, fewshot, delimiter, baselines[label] / 100))
     return tasks
+
+
+def _data_file(bundle: Path, label, uri: str) -> Path:
+    """The data file `uri` names under the bundle's eval_data/. A bundle is downloaded, so read
+    as untrusted: a `..`, an absolute path or a symbolic link leading out of eval_data/ would read
+    (and score, and print from) any file its user can read."""
+    try:
+        data = (bundle / "eval_data").resolve()
+        path = (data / uri).resolve()
+    except RuntimeError as e:  # Python < 3.13 reports a symbolic link loop so
+        raise ValueError(f"task {label!r}: dataset_uri {uri!r} cannot be resolved ({e})") from None
+    if not path.is_relative_to(data):
+        raise ValueError(f"task {label!r}: dataset_uri {uri!r} leads outside {bundle / 'eval_data'}")
+    return path
 
 
 def read_baselines(path: Path) -> dict[str, float]:

@@ -7,7 +7,9 @@
 4. a summary table and `report.json`.
 
 Every stage is an `lrt` command, printed before it runs, so the recipe is also its own
-documentation; a stage whose output exists is skipped (a killed recipe continues). `--smoke` runs
+documentation; a stage whose output exists is skipped, and a training stage killed midway resumes
+from its newest checkpoint (`lrt train --resume`; each saves every tenth of its steps), so a killed
+recipe continues. `--smoke` runs
 the whole chain on tiny sizes on the CPU: 2 processes under torchrun (gloo), shards made from
 the bundled corpus, a sample CORE bundle, in a few minutes.
 """
@@ -29,7 +31,12 @@ from ..config import LRTConfig, check_int, check_number, option
 from ..data.tokenizer import BPETokenizer
 from ..presets import get_preset
 from ..schedules import Interleaved
+from ..train import checkpoint
 from ..train.checkpoint import step_dir
+from .study_spec import config_differences
+
+# a training stage saves every tenth of its steps: a kill loses at most a tenth of the run
+SAVES_PER_RUN = 10
 
 
 @dataclass(frozen=True)
@@ -197,22 +204,23 @@ def run_recipe(s: RecipeSettings, log=print) -> dict:
     for name, schedule in (("baseline", "baseline"), ("lrt", "interleaved:2")):
         run_dir = out / name
         n = steps["steps"][name]
-        stage(
-            [
-                "train",
-                *common,
-                "--schedule",
-                schedule,
-                "--steps",
-                str(n),
-                "--eval-every",
-                str(max(1, n // 4)),
-                "--out",
-                str(run_dir),
-            ],
-            step_dir(run_dir, n),
-            nproc,
-        )
+        train = [
+            "train",
+            *common,
+            "--schedule",
+            schedule,
+            "--steps",
+            str(n),
+            "--eval-every",
+            str(max(1, n // 4)),
+            "--save-every",
+            str(max(1, -(-n // SAVES_PER_RUN))),
+            "--out",
+            str(run_dir),
+        ]
+        if not step_dir(run_dir, n).exists():
+            train += resume_flags(train, run_dir)
+        stage(train, step_dir(run_dir, n), nproc)
         memory = "parallel,exact,zero" if name == "lrt" else "zero"
         bpb, core = run_dir / "bpb.json", run_dir / "core.json"
         stage(
@@ -228,6 +236,33 @@ def run_recipe(s: RecipeSettings, log=print) -> dict:
         report["runs"][name] = {"steps": n, "bpb": json.loads(bpb.read_text()), "core": json.loads(core.read_text())}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def resume_flags(train: list[str], run_dir: Path) -> list[str]:
+    """`--resume run_dir` where a killed recipe left this stage's run half trained (a fresh
+    `lrt train` refuses a folder holding a run); nothing where the stage has not saved yet, after
+    removing what a run killed before its first save left (nothing of it can be continued). A run
+    of other settings (another --ratio, a hand-made folder) is refused in one line: its steps are
+    not this stage's."""
+    from ..cli import build_parser
+    from ..cli.train import train_config_from_args
+    from .study import start_over
+
+    found = checkpoint.list_checkpoints(run_dir)
+    if not found:
+        if run_dir.exists():
+            start_over(run_dir)
+        return []
+    want = train_config_from_args(build_parser().parse_args(train))
+    have = checkpoint.read_record(found[-1]).get("train_config", {})
+    # how often it saves and how many it keeps do not change what it trains
+    differs = [d for d in config_differences(want, have, "recipe") if d.split("=")[0] not in ("save_every", "keep")]
+    if differs:
+        raise ValueError(
+            f"{run_dir} holds a run of other settings ({', '.join(differs)}): "
+            "choose another --out, or delete it to train it again"
+        )
+    return ["--resume", str(run_dir)]
 
 
 def format_recipe(report: dict) -> str:

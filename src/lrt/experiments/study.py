@@ -71,7 +71,9 @@ from .study_spec import (
     arm_of,
     branch_point,
     corpus_tokens,
+    job_differences,
     open_study,
+    other_runs,
     plan_units,
     waits_for_lr_check,
 )
@@ -163,7 +165,10 @@ def read_eval(job: Job) -> dict:
 
 
 def done(job: Job) -> bool:
-    """Trained to its last step, and scored where it is scored."""
+    """Trained to its last step, and scored where it is scored, as the spec says: a run trained
+    under an edited spec is not this spec's, however finished (issue 25)."""
+    if job_differences(job):
+        return False
     if job.memories:
         return (job.path / "eval.json").is_file()
     found = checkpoint.list_checkpoints(job.path)
@@ -238,7 +243,8 @@ def run_study(spec: Spec, out: Path, jobs: int = 1, progress: bool = True) -> li
     folder = RunFolder(out, user="lrt study run").acquire()
     try:
         kept = out / "spec.toml"
-        if kept.exists() and kept.read_bytes() != spec.path.read_bytes():
+        extending = kept.exists() and kept.read_bytes() != spec.path.read_bytes()
+        if extending:
             try:
                 previous = open_study(out)
             except ValueError:  # not even a spec of this lrt: another study all the more
@@ -248,6 +254,10 @@ def run_study(spec: Spec, out: Path, jobs: int = 1, progress: bool = True) -> li
                     f"{out} holds another study ({kept} differs from {spec.path}, and not only by runs it adds): "
                     f"choose another --out, or continue it with lrt study run {kept} --out {out}"
                 )
+        # spec.toml may have been edited in place since its runs trained: the runs say what they were
+        if (problem := other_runs(spec)) is not None:
+            raise ValueError(problem)
+        if extending:
             print(f"{spec.path} extends the study in {out}: its runs are kept, and the new ones added", file=sys.stderr)
         if not kept.exists() or kept.read_bytes() != spec.path.read_bytes():
             tmp = kept.with_suffix(".toml.tmp")
@@ -292,6 +302,9 @@ def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
             if done(job):
                 continue
             if children.stopping.is_set():
+                return
+            if differs := job_differences(job):  # planned only now, from the lr_check's choice
+                failures.append(f"{job.path.relative_to(spec.out)}: trained under another spec: {', '.join(differs)}")
                 return
             if not _launch(spec, job, slot, threads, gpus, children):
                 failures.append(f"{job.path.relative_to(spec.out)}: failed, see {job.path / 'study.log'}")

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from ..memory import read
 from ..train import checkpoint
 from ..train.curves import read_metrics
-from .study_spec import Job, Spec, arm_of, corpus_tokens
+from .study_spec import Job, Spec, arm_of, corpus_tokens, other_runs
 
 RESULTS = "results.jsonl"
 REFEREE_ROWS = 64  # held-out rows the referee's two models read with exact memory
@@ -77,6 +77,8 @@ def study_records(spec: Spec, bundle: str | None = None) -> list[dict]:
     """Collected from the run folders where they are here, else read from results.jsonl (a
     published study keeps only spec.toml and results.jsonl)."""
     if any(job.path.is_dir() for job in spec.jobs):
+        if (problem := other_runs(spec)) is not None:  # an edited spec.toml: its old runs are not its results
+            raise ValueError(problem)
         return collect(spec, bundle)
     if bundle is not None:
         raise ValueError(f"{spec.out} holds no run folders: CORE (--bundle) needs the trained models")

@@ -619,3 +619,62 @@ def arm_of(spec: Spec, job: Job) -> Arm:
     cfg = job.config
     model = cfg.model_config(spec.arms["lrt"].config.vocab_size, bos_id=0)
     return Arm(model, parse_schedule(cfg.schedule), cfg.tokens_per_step(world_size=1, seq_len=model.sequence_len))
+
+
+# runs trained under another spec ------------------------------------------------------------------
+
+
+def config_differences(want: TrainConfig, have: dict, who: str) -> list[str]:
+    """What a run recorded (`have`, a TrainConfig's dict) differs in from `want`, one
+    `field=recorded (the <who> says wanted)` each, nested tables as dotted fields. The recorded
+    dict goes through TrainConfig first, so a field a newer lrt added is its default, not a
+    difference; `out` is left out: the folder is the run, however the path was spelled."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        items: dict = {}
+        for key, value in d.items():
+            if isinstance(value, dict) and value:
+                items.update(flat(value, f"{prefix}{key}."))
+            else:
+                items[f"{prefix}{key}"] = value
+        return items
+
+    mine, theirs = flat(want.to_dict()), flat(TrainConfig.from_dict(have).to_dict())
+    return [
+        f"{key}={theirs.get(key)!r} (the {who} says {mine.get(key)!r})"
+        for key in sorted(mine.keys() | theirs.keys())
+        if key != "out" and mine.get(key) != theirs.get(key)
+    ]
+
+
+def recorded_config(job: Job) -> dict | None:
+    """The config a job's folder was trained with: its newest checkpoint's, else the job.json its
+    launch wrote (a run that has not saved yet, or an lr_check rate that diverged); None for a
+    folder the study never started."""
+    found = checkpoint.list_checkpoints(job.path)
+    if found:
+        return checkpoint.read_record(found[-1]).get("train_config")
+    launched = job.path / "job.json"
+    return json.loads(launched.read_text())["config"] if launched.is_file() else None
+
+
+def job_differences(job: Job) -> list[str]:
+    """How the run in a job's folder was trained otherwise than the spec says (empty: it was
+    trained so, or not started)."""
+    recorded = recorded_config(job)
+    return [] if recorded is None else config_differences(job.config, recorded, "spec")
+
+
+def other_runs(spec: Spec, jobs: list[Job] | None = None) -> str | None:
+    """One line naming the runs of the study's folder trained under another spec (an edited
+    spec.toml) and what differs, or None when every run is the spec's. Such a run is never counted
+    as the spec's: neither done for `lrt study run` nor reported by `lrt study report`."""
+    found = [(job, d) for job in (spec.jobs if jobs is None else jobs) if (d := job_differences(job))]
+    if not found:
+        return None
+    shown = "; ".join(f"{job.path.relative_to(spec.out)}: {', '.join(d)}" for job, d in found[:3])
+    more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
+    return (
+        f"{spec.out} holds {len(found)} run(s) trained under another spec ({shown}{more}): "
+        f"delete those run folders to train them as {spec.path} says, or choose another --out"
+    )

@@ -227,6 +227,9 @@ def _read_resumable(cfg: TrainConfig, path: Path, record: dict, config: LRTConfi
             if v != config.to_dict()[k]
         ]
         raise ValueError(f"checkpoint {path} config does not match this run ({'; '.join(diff)})")
+    missing = [key for key in ("train_config", "tokens", "train_time") if key not in record]
+    if missing:  # what evaluation does not need, but a resumed run does
+        raise ValueError(f"checkpoint {path / 'checkpoint.json'} cannot be resumed: it has no {', '.join(missing)}")
     state = checkpoint.load_train_state(path, record)
     weights = checkpoint.load_weights(path)
     shards = checkpoint.optimizer_shards(path, state)
@@ -278,6 +281,19 @@ def _saved_optimizer(parts: RunParts, saved: Saved):
 
 def same_loader_state(a: dict, b: dict) -> bool:
     return a["position"] == b["position"] and all(torch.equal(a[k], b[k]) for k in ("buffer_tokens", "buffer_lengths"))
+
+
+def batch_change(record: dict, world_size: int, tokens_per_step: int) -> str | None:
+    """What to tell a user resuming a checkpoint (its record) on another world size whose global
+    batch it changes; None when it does not (--total-batch-size keeps it)."""
+    before_world, step = record.get("world_size", world_size), record.get("step", 0)
+    if before_world == world_size or not step or record.get("tokens", 0) // step == tokens_per_step:
+        return None
+    return (
+        f"note: this run trained on {before_world} process(es) and continues on {world_size}: its global "
+        f"batch changes from {record['tokens'] // step:,} to {tokens_per_step:,} tokens per step "
+        "(give --total-batch-size to keep it)"
+    )
 
 
 def _claim_folder(parts: RunParts) -> None:

@@ -37,7 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import LRTConfig
+from ..config import LRTConfig, is_int
 from ..data.tokenizer import BPETokenizer, Tokenizer, tokenizer_from_reference
 from ..model import LRT
 from ..runtime import resolve_device
@@ -333,13 +333,135 @@ def resolve(path) -> Path:
 
 
 def read_record(path: Path) -> dict:
+    """The checkpoint.json of checkpoint folder `path`, its shape and types checked. Its readers
+    index it freely and size tensors from its config, so a record a hand edit, a bad copy or
+    another program broke is refused here, in one line naming the file, before any of it is used."""
+    file = path / "checkpoint.json"
     try:
-        record = json.loads((path / "checkpoint.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        record = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         raise ValueError(f"checkpoint {path} is corrupt: checkpoint.json unreadable ({e})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"checkpoint {file} is corrupt: it holds {_json_kind(record)}, not a JSON object")
     if record.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} has format {record.get('format')!r}, expected {FORMAT!r}")
+    problem = _record_problem(record)
+    if problem:
+        raise ValueError(f"checkpoint {file} is corrupt: {problem}")
     return record
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is, in a few words (the value itself may be long)."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "true/false"), (str, "a string"), (list, "a list"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return f"the number {value!r}" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _record_problem(record: dict) -> str | None:
+    """What is wrong with a record (its format already checked), or None. The fields the
+    trainer writes beside the model's (tokens, train_time, ...) may be absent: a checkpoint
+    saved outside a training run lacks them, and only resuming reads them."""
+    step = record.get("step")
+    if not is_int(step) or step < 0:
+        return f"step must be an integer >= 0, got {_json_kind(step)}" if "step" in record else "it has no step"
+    for name, ok, allowed in (
+        ("tokens", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        ("train_time", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+        ("world_size", lambda v: is_int(v) and v >= 1, "a positive integer"),
+        ("final", lambda v: isinstance(v, bool), "true or false"),
+    ):
+        if name in record and not ok(record[name]):
+            return f"{name} must be {allowed}, got {_json_kind(record[name])}"
+    if not isinstance(record.get("config"), dict):
+        return "its config must be a JSON object, " + (
+            f"got {_json_kind(record['config'])}" if "config" in record else "and it has none"
+        )
+    try:  # LRTConfig's checks bound every size: an absurd one stops here, before any tensor exists
+        config = LRTConfig.from_dict(record["config"])
+    except (ValueError, TypeError) as e:
+        return f"its config is invalid ({e})"
+    problem = _tokenizer_problem(record.get("tokenizer"))
+    if problem:
+        return problem
+    if "train_config" in record:  # a checkpoint saved outside a training run has none
+        if not isinstance(record["train_config"], dict):
+            return f"its train_config must be a JSON object, got {_json_kind(record['train_config'])}"
+        try:  # resuming builds its model from it, so its model settings are checked too
+            TrainConfig.from_dict(record["train_config"]).model_config(config.vocab_size, config.bos_id)
+        except (ValueError, TypeError) as e:
+            return f"its train_config is invalid ({e})"
+    if "train_state" in record:
+        return _reference_problem(record["train_state"])
+    return None
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _tokenizer_problem(ref) -> str | None:
+    """What is wrong with a tokenizer reference. A BPE reference must carry its content hash:
+    the hash is what ties the tokenizer.json beside the weights to the run (tokenizer_from_reference
+    checks it), and one without it would load any tokenizer file silently."""
+    if ref is None:
+        return "it names no tokenizer"
+    if not isinstance(ref, dict):
+        return f"its tokenizer reference must be a JSON object, got {_json_kind(ref)}"
+    if ref.get("kind") == "byte":
+        return None
+    if ref.get("kind") != "bpe" or not isinstance(ref.get("file"), str):
+        return f"unknown tokenizer reference {json.dumps(ref)[:200]}"
+    if "sha256" not in ref:
+        reference = json.dumps(ref)[:200]
+        return f"its tokenizer reference {reference} has no sha256 content hash, so nothing ties the file to the run"
+    if not isinstance(ref["sha256"], str) or not SHA256.fullmatch(ref["sha256"]):
+        return f"its tokenizer reference's sha256 must be 64 hex digits, got {_json_kind(ref['sha256'])}"
+    return None
+
+
+def _reference_problem(train_state) -> str | None:
+    """What is wrong with train_state as flatten_tensors writes it: a JSON object, each tensor
+    reference a name, each dict a list of [key, value] pairs. Walked with a stack, not recursion:
+    its depth is the file's to choose."""
+    if not isinstance(train_state, dict):
+        return f"its train_state must be a JSON object, got {_json_kind(train_state)}"
+    stack = [train_state]
+    while stack:
+        tree = stack.pop()
+        if isinstance(tree, list):
+            stack.extend(tree)
+        elif isinstance(tree, dict) and "__tensor__" in tree:
+            if not isinstance(tree["__tensor__"], str):
+                return f"its train_state holds a tensor reference that is not a name: {json.dumps(tree)[:200]}"
+        elif isinstance(tree, dict) and "__dict__" in tree:
+            pairs = tree["__dict__"]
+            if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+                return (
+                    f"its train_state holds a dict that is not a list of [key, value] pairs: {json.dumps(tree)[:200]}"
+                )
+            stack.extend(value for _, value in pairs)
+    return None
+
+
+def _tensor_names(tree) -> list[str]:
+    """The tensors a (checked) train_state refers to."""
+    names, stack = [], [tree]
+    while stack:
+        tree = stack.pop()
+        if isinstance(tree, list):
+            stack.extend(tree)
+        elif isinstance(tree, dict) and "__tensor__" in tree:
+            names.append(tree["__tensor__"])
+        elif isinstance(tree, dict) and "__dict__" in tree:
+            stack.extend(value for _, value in tree["__dict__"])
+    return names
 
 
 def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
@@ -354,8 +476,6 @@ def load_model(path, device: str | torch.device = "cpu", attention: str = "auto"
     path = resolve(path)
     record = read_record(path)
     config = LRTConfig.from_dict(record["config"])
-    if not record.get("tokenizer"):
-        raise ValueError(f"checkpoint {path} names no tokenizer")
     tokenizer = tokenizer_from_reference(record["tokenizer"], path)
     model = _assemble(config, load_weights(path), attention, f"checkpoint {path}: weights do not match its config")
     return model.to(device), tokenizer, record
@@ -384,8 +504,19 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_train_state(path: Path, record: dict) -> dict:
-    """The training state saved beside the weights, tensors in place."""
-    return unflatten_tensors(record["train_state"], _load_tensors(path / "train_state.safetensors"))
+    """The training state saved beside the weights, tensors in place; every tensor its record
+    refers to must be in train_state.safetensors (read_record checked the references' shape)."""
+    if "train_state" not in record:
+        raise ValueError(f"checkpoint {path / 'checkpoint.json'} has no train_state: it cannot be resumed")
+    tensors = _load_tensors(path / "train_state.safetensors")
+    missing = sorted(set(_tensor_names(record["train_state"])) - set(tensors))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(
+            f"checkpoint {path / 'checkpoint.json'} is corrupt: its train_state refers to tensor {missing[0]!r}"
+            f"{more}, which train_state.safetensors does not hold"
+        )
+    return unflatten_tensors(record["train_state"], tensors)
 
 
 def optimizer_shards(path: Path, state: dict) -> Path | None:
