@@ -193,7 +193,7 @@ def cases(root):
         "--top-p": ["0", "nan", "1.5"],
         "--seed": ["-1"],
         "--memory": ["decode", "parallel:x"],
-        "--prompt-file": [str(root / "nope"), str(root / "nodir")],
+        "--prompt-file": [str(root / "nope"), str(root / "nodir"), str(root / "binary.txt")],
         "--device": ["mps"],
         "--json": [str(root / "a_file/x.json")],
     }.items():

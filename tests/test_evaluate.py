@@ -247,3 +247,6 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     path.write_text('{"context": "x"}\n')
     with pytest.raises(ValueError, match=r"line 1: a language_modeling item needs continuation"):
         evaluate_task(task, Reader(TOK.encode, TOK.bos_id, 64, lambda idx: None))
+    path.write_bytes(b'\xff{"context": "x"}\n')  # not UTF-8: a bare UnicodeDecodeError named no file
+    with pytest.raises(ValueError, match=r"lm\.jsonl is not UTF-8 text"):
+        evaluate_task(task, Reader(TOK.encode, TOK.bos_id, 64, lambda idx: None))

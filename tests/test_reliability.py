@@ -258,6 +258,9 @@ def test_a_corrupt_metrics_line_names_the_file(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "run"), "--steps", "2"]) == 2
     one_line_error(capsys, r"metrics\.jsonl, line 1")
+    metrics.write_bytes(b"\xff\xfe" + metrics.read_bytes())  # not UTF-8: the line names the file too
+    assert main(["train", "--resume", str(tmp_path / "run"), "--steps", "2"]) == 2
+    one_line_error(capsys, r"metrics\.jsonl is not UTF-8 text")
 
 
 # Ctrl-C, a full disk ---------------------------------------------------------------------------------

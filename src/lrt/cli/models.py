@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 from ..memory import MEMORY_SPECS, Memory
 from ..train import distributed
@@ -84,6 +83,7 @@ def cmd_eval_core(args) -> None:
 
 
 def cmd_generate(args) -> None:
+    from ..data.sources import read_utf8
     from ..data.tokenizer import TextStream
     from ..decoding import Decoder, compiled_by_default
     from ..train.checkpoint import load_run
@@ -94,7 +94,7 @@ def cmd_generate(args) -> None:
     tok = run.tokenizer
     texts = list(args.prompt or [])
     if args.prompt_file:
-        texts += [line for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
+        texts += [line for line in read_utf8(args.prompt_file).splitlines() if line.strip()]
     if not texts:
         raise ValueError("give a prompt with --prompt or --prompt-file")
     if not all(texts):

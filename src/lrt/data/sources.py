@@ -145,13 +145,17 @@ def read_text_files(path: str | Path) -> TextSource:
         raise ValueError(f"no .txt files under {path}")
     documents = []
     for f in files:
-        data = f.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{f} is not UTF-8 text (invalid byte at offset {e.start})") from None
-        documents += passages(text)
+        documents += passages(read_utf8(f))
     return TextSource(documents, str(path))
+
+
+def read_utf8(path: str | Path) -> str:
+    """A text file's content; one that is not UTF-8 is an error naming it (a bare
+    UnicodeDecodeError says neither which file nor where)."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (invalid byte at offset {e.start})") from None
 
 
 class ParquetSource:

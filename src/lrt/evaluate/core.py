@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..data.sources import read_utf8
 from ..memory import Memory, read
 
 TASK_FIELDS = {
@@ -55,7 +56,7 @@ def load_bundle(bundle: str | Path) -> list[Task]:
         if not (bundle / name).is_file():
             raise FileNotFoundError(f"CORE bundle {bundle} has no {name}")
     try:
-        spec = yaml.safe_load((bundle / "core.yaml").read_text())
+        spec = yaml.safe_load(read_utf8(bundle / "core.yaml"))
     except yaml.YAMLError as e:
         raise ValueError(f"{bundle / 'core.yaml'} is not valid YAML ({e})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("icl_tasks"), list) or not spec["icl_tasks"]:
@@ -139,18 +140,17 @@ def check_item(kind: str, item) -> str | None:
 
 def load_items(task: Task) -> list[dict]:
     items = []
-    with open(task.path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{task.path}, line {n}: malformed JSON ({e.msg})") from None
-            problem = check_item(task.kind, item)
-            if problem:
-                raise ValueError(f"{task.path}, line {n}: {problem}")
-            items.append(item)
+    for n, line in enumerate(read_utf8(task.path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{task.path}, line {n}: malformed JSON ({e.msg})") from None
+        problem = check_item(task.kind, item)
+        if problem:
+            raise ValueError(f"{task.path}, line {n}: {problem}")
+        items.append(item)
     if not items:
         raise ValueError(f"{task.path} holds no items")
     return items

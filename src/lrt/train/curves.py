@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..data.sources import read_utf8
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a metrics.jsonl. A torn last line (the process was killed while writing
     it) is left out; any other line that is not JSON is an error naming the file and line."""
-    text = Path(path).read_text()
+    text = read_utf8(path)
     lines = text.splitlines()
     records = []
     for n, line in enumerate(lines, 1):
