@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu.sh d12     OUTDIR  # d12 training (bf16, compiled per block, flex)
 #   bash benchmarks/gpu.sh decode  OUTDIR  # d12 and d20 decoding, bf16, batch 1: eager against the CUDA-graph step
 #   bash benchmarks/gpu.sh d20     OUTDIR  # d20 training: cold compile (interleaved first), MFU, peak memory
+#   bash benchmarks/gpu.sh muon    OUTDIR  # d20's Muon step: torch.optim.Muon against lrt's (batched, compiled)
 #   bash benchmarks/gpu.sh d20-step OUTDIR # d20 at 524,288 tokens per step (32 micro-batches): the step MFU and
 #                                          # the optimizer's share as in training (issue 22's targets)
 #   bash benchmarks/gpu.sh all     OUTDIR  # tests, decode, d20, in that order
@@ -43,7 +44,8 @@ case $what in
   decode) decode ;;
   d12) train d12 "baseline,interleaved:2" 450 d12 ;;
   d20) train d20 "interleaved:2,baseline" 450 d20 ;;  # interleaved first: its first step is a cold compile
+  muon) log=$out/muon.txt limited 200 python3 benchmarks/muon_step.py --config d20 --device cuda --rounds 5 ;;
   d20-step) train d20 "interleaved:2,baseline" 500 d20_step --batch-size 8 --total-batch-size 524288 --repeats 2 ;;
   all) tests; decode; train d20 "interleaved:2,baseline" 450 d20 ;;
-  *) echo "usage: bash benchmarks/gpu.sh tests|d12|decode|d20|d20-step|all OUTDIR" >&2; exit 2 ;;
+  *) echo "usage: bash benchmarks/gpu.sh tests|d12|decode|d20|muon|d20-step|all OUTDIR" >&2; exit 2 ;;
 esac

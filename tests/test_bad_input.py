@@ -58,6 +58,8 @@ BAD_TRAIN_FLAGS = {
     "--warmup-steps": ["-1"],
     "--warmdown-ratio": ["2", "nan"],
     "--final-lr-frac": ["nan", "2"],
+    "--grad-clip": ["nan", "-1", "inf"],
+    "--peak-tflops": ["0", "nan", "-5"],
     "--preset": ["", "d0", "dx", "huge"],
     "--schedule": ["", "gauss-seidel", "jacobi:0", "interleaved:0", "chunked:-1", "multirefine:x", "interleaved:99"],
     "--dtype": ["float16"],
@@ -210,6 +212,7 @@ def cases(root):
         "--warmup": ["-1"],
         "--batch-size": ["0"],
         "--seq-len": ["0", "1"],
+        "--total-batch-size": ["0", "x", "100"],  # 100: not a whole number of micro-batches
         "--device": ["tpu"],
         "--peak-tflops": ["0", "nan", "-1"],
         "--dtype": ["int8"],

@@ -82,7 +82,7 @@ class TrainConfig:
         if self.total_batch_size is not None:
             check_int("total_batch_size", self.total_batch_size)
         if self.peak_tflops is not None:
-            check_number("peak_tflops", self.peak_tflops)
+            check_number("peak_tflops", self.peak_tflops, above=True)  # MFU's denominator
         check_int("seed", self.seed, low=0)
         if self.seq_len is not None:
             check_int("seq_len", self.seq_len, low=2)

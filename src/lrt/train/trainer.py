@@ -65,6 +65,9 @@ class Trainer:
         # read a step's numbers while the next one runs: on a GPU, whose work the host only queues
         # (elsewhere the host computes each step itself: nothing to overlap)
         self.overlap = self.device.type == "cuda"
+        # MFU's denominator per device: given, or the datasheet's bf16 peak of a known GPU
+        known = known_peak_tflops(self.device) if cfg.dtype == "bfloat16" else None
+        self.peak_tflops = cfg.peak_tflops or known
 
     # the run's parts, under the names the CLI, the experiments and the tests read
     world = _part("world")
@@ -245,9 +248,8 @@ class Trainer:
         }
         if self.cfg.optim.grad_clip:
             record["grad_norm"] = grad_norm  # before clipping
-        peak = self.cfg.peak_tflops or (known_peak_tflops(self.device) if self.cfg.dtype == "bfloat16" else None)
-        if peak:
-            record["mfu"] = self.flops_per_step / dt / (peak * 1e12 * self.world.size)
+        if self.peak_tflops:
+            record["mfu"] = self.flops_per_step / dt / (self.peak_tflops * 1e12 * self.world.size)
         self._log(record)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
