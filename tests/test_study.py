@@ -398,3 +398,14 @@ def test_an_edited_spec_toml_does_not_pass_its_old_runs_for_new_ones(tmp_path, m
         assert digest(out) == before
         if old.startswith("warmup"):  # every run differs (the other edit keeps a branch that is the same run)
             assert not any(map(done, load_spec(kept, out).jobs))
+
+
+def test_a_broken_job_file_in_a_study_folder_is_one_line(tmp_path, capsys):
+    spec_path, out = spec_file(tmp_path), tmp_path / "study"
+    job = load_spec(spec_path, out).jobs[0]
+    job.path.mkdir(parents=True)
+    (job.path / "job.json").write_text("[1, 2")
+    assert main(["study", "run", str(spec_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "is not a job file lrt study wrote" in err.splitlines()[-1], err
+    assert (job.path / "job.json").read_text() == "[1, 2"

@@ -655,7 +655,15 @@ def recorded_config(job: Job) -> dict | None:
     if found:
         return checkpoint.read_record(found[-1]).get("train_config")
     launched = job.path / "job.json"
-    return json.loads(launched.read_text())["config"] if launched.is_file() else None
+    if not launched.is_file():
+        return None
+    try:
+        config = json.loads(launched.read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        config = None
+    if not isinstance(config, dict):  # a broken job.json: nothing the study can count as its run
+        raise ValueError(f"{launched} is not a job file lrt study wrote: delete that run folder to train it again")
+    return config
 
 
 def job_differences(job: Job) -> list[str]:
