@@ -3,14 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-# The demo needs the core only; the tests also run the optional integrations (transformers, lm-eval).
+# The demo needs the core only; the tests also run the optional integrations (transformers, lm-eval,
+# the server).
 $(BIN)/lrt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e .
 	touch $@
 
 $(VENV)/.test-extras: $(BIN)/lrt
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,hf,eval]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,hf,eval,serve]"
 	touch $@
 
 .PHONY: demo test

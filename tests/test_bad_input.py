@@ -278,3 +278,15 @@ def test_bad_input_gets_one_line_exit_2_and_changes_nothing(world, name, capsys,
     assert code == 2, (name, err)
     assert len(err.splitlines()) == 1 and "Traceback" not in err, (name, err)
     assert digest(world) == before, name
+
+
+def test_json_path_without_write_permission_is_refused_before_the_work(world, capsys, monkeypatch):
+    """Root may write anywhere, so the permission answer is faked: the check must ask for it."""
+    import lrt.cli.args as args_module
+
+    asked = []
+    monkeypatch.setattr(args_module.os, "access", lambda path, mode: asked.append(path) and False)
+    code = main(["eval", "bpb", str(world / "run"), "--json", str(world / "out.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "writable" in err and len(err.splitlines()) == 1, err
+    assert asked == [world] and not (world / "out.json").exists()

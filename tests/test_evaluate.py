@@ -141,6 +141,36 @@ def test_language_modeling_needs_every_continuation_token():
     assert score_item(Reader(TOK.encode, TOK.bos_id, 64, oracle(["abc xyz"])), "language_modeling", prompts).correct
 
 
+def test_an_empty_continuation_is_scored_on_the_delimiter():
+    """nanochat errors on it; lrt predicts the delimiter, and with no delimiter there is nothing to miss."""
+    item = {"context": "abc", "continuation": ""}
+    read = lambda known, delimiter: score_item(  # noqa: E731
+        Reader(TOK.encode, TOK.bos_id, 64, oracle([known])),
+        "language_modeling",
+        render("language_modeling", item, delimiter, []),
+    )
+    assert read("abc ", " ").correct and not read("abcd", " ").correct
+    assert read("abcd", "").correct
+
+
+def test_a_choice_that_is_a_prefix_of_another_is_scored_on_its_last_token():
+    """nanochat's core_eval scores an empty region here (a NaN mean); lrt scores the shorter choice on
+    its last token, which both prompts predict from the same context (README, evaluation)."""
+    item = {"query": "The pet is a", "choices": ["cat", "cat food"], "gold": 0}
+    prompts = render("multiple_choice", item, " ", [])
+    seqs = [[TOK.bos_id] + TOK.encode(p) for p in prompts]
+    short, long = len(seqs[0]), len(seqs[1])
+    assert lrt.evaluate.core.answer_regions("multiple_choice", seqs) == [(short - 1, short), (short, long)]
+
+    def read(known):
+        return score_item(Reader(TOK.encode, TOK.bos_id, 64, oracle([known])), "multiple_choice", prompts, gold=0)
+
+    nap = read("The pet is a cat nap")  # sure of "cat", not of " food": the short choice wins
+    assert nap.correct and nap.scores[0] == pytest.approx(0.0) and nap.scores[1] > 1.0
+    food = read("The pet is a cat food")  # sure of both: a tie, which goes to the first choice
+    assert food.scores == pytest.approx([0.0, 0.0]) and food.correct
+
+
 def test_fewshot_examples_exclude_the_item_and_tolerate_small_tasks(tmp_path):
     bundle = write_core_bundle(tmp_path, {"lm": ("language_modeling", 10, LM_ITEMS)})
     seen = []

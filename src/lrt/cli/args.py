@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import typing
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def _typed(kind, need: str, ok):
 positive_int = _typed(int, "a positive integer", lambda v: v >= 1)
 natural = _typed(int, "an integer >= 0", lambda v: v >= 0)
 row_length = _typed(int, "an integer >= 2", lambda v: v >= 2)
+port_number = _typed(int, "a port from 1 to 65535", lambda v: 1 <= v <= 65535)
 positive_number = _typed(float, "a finite number > 0", lambda v: 0 < v < float("inf"))
 positive_ints = _typed(
     lambda t: [int(x) for x in t.split(",")], "comma-separated positive integers", lambda v: all(x >= 1 for x in v)
@@ -48,17 +50,20 @@ positive_ints = _typed(
 
 
 def _writable_file(text: str) -> Path:
-    """An output file: not a folder, and not under a file."""
+    """An output file we may write: not a folder, not under a file, and permitted; checked before the
+    work runs, so a long evaluation never ends in a failed write."""
     path = Path(text)
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if path.is_dir() or not ancestor.is_dir():
         raise ValueError
+    if not os.access(path if path.exists() else ancestor, os.W_OK):
+        raise ValueError
     return path
 
 
-output_file = _typed(_writable_file, "a file path (not a folder, not under a file)", lambda v: True)
+output_file = _typed(_writable_file, "a writable file path (not a folder, not under a file)", lambda v: True)
 
 
 def write_json(path: str | None, payload: dict) -> None:

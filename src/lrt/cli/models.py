@@ -8,7 +8,7 @@ import sys
 
 from ..memory import MEMORY_SPECS, Memory
 from ..train import distributed
-from .args import Parser, device_and_json, keywords, natural, positive_int, row_length, write_json
+from .args import Parser, device_and_json, keywords, natural, port_number, positive_int, row_length, write_json
 
 
 def memory_of(run, spec: str) -> Memory:
@@ -150,6 +150,17 @@ def cmd_export_hf(args) -> None:
     print(f"exported {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
 
 
+def cmd_serve(args) -> None:
+    from ..train.checkpoint import load_run
+
+    serve = needs("serve", "lrt.integrations.serve")
+    trained = load_run(args.checkpoint, args.device)
+    served = serve.served_run(
+        trained, name=args.name, max_batch=args.max_batch, max_tokens=args.max_tokens, compile=args.compile
+    )
+    serve.serve(served, host=args.host, port=args.port)
+
+
 def cmd_eval_harness(args) -> None:
     harness = needs("eval", "lrt.integrations.lm_eval")
     options = keywords(args, "memory", "include_path", "limit", "batch_size", "num_fewshot", "device")
@@ -226,3 +237,24 @@ def add_commands(sub) -> None:
     )
     device_and_json(p)
     p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible server and a playground page (pip install 'lrt[serve]')")
+    p.add_argument("checkpoint", help="a run folder, a checkpoint folder or an exported HF folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=port_number, default=8000)
+    p.add_argument("--name", default=None, help="the model's name in the API (default: the run folder's)")
+    p.add_argument("--max-batch", type=positive_int, default=32, help="requests decoding at once; later ones wait")
+    p.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=None,
+        help="the most tokens one choice may ask for (default: the window)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode with the compiled step, a CUDA graph per batch size on GPU (default: on CUDA only)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(run=cmd_serve)
