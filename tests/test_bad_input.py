@@ -230,6 +230,30 @@ def cases(root):
     }.items():
         for v in values:
             table[f"bench decode {flag} {v!r}"] = ["bench", "decode", "--config", "tiny", flag, v]
+    for flag, values in {
+        "--streams": ["0", "", "1,x"],
+        "--tokens": ["0", "100000"],  # 100000: does not fit the window
+        "--rounds": ["0"],
+        "--config": ["x"],
+        "--variants": ["x", ""],
+        "--threads": ["0"],
+        "--device": ["tpu"],
+        "--json": [str(root / "nodir")],
+    }.items():
+        for v in values:
+            table[f"bench serve {flag} {v!r}"] = ["bench", "serve", "--config", "small", flag, v]
+    serve = ["serve", run]
+    for flag, values in {
+        "--port": ["0", "70000", "x"],
+        "--max-batch": ["0", "-1"],
+        "--max-tokens": ["0"],
+        "--threads": ["0", "x"],
+        "--device": ["tpu"],
+    }.items():
+        for v in values:
+            table[f"serve {flag} {v!r}"] = serve + [flag, v]
+    for name, path in {"missing": root / "nope", "a file": root / "a_file", "no checkpoint": root / "nodir"}.items():
+        table[f"serve checkpoint {name}"] = ["serve", str(path)]
     tok = ["tokenizer", "train", "--data", str(root / "text.txt")]
     for flag, values in {
         "--vocab-size": ["0", "100", "x"],

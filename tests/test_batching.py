@@ -68,25 +68,31 @@ def requests(config, count, seed=0):
     return out
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_jobs_joining_a_running_batch_decode_what_they_decode_alone(name):
-    """Eight requests, one joining per tick while the others decode (rows leave as they finish, the
-    batch moves between states of 1, 2, 4 and 8 rows): each gets the tokens and the end that
-    Decoder.generate gives it alone, greedy and sampled with its seed."""
+@pytest.mark.parametrize(
+    "name, static", [(name, False) for name in CONFIGS] + [("lrt", True), ("ponder", True)], ids=str
+)
+@pytest.mark.parametrize("arrival", ["one per tick", "together"])
+def test_jobs_joining_a_running_batch_decode_what_they_decode_alone(name, static, arrival):
+    """Eight requests, joining one per tick while the others decode (rows leave as they finish, the
+    batch moves between states of 1, 2, 4 and 8 rows) or all at once (their prompts read as one
+    batch per memory mode): each gets the tokens and the end that Decoder.generate gives it alone,
+    greedy and sampled with its seed. Static states (a compiling engine's) too."""
     model = random_model(CONFIGS[name], torch.float64)
-    batcher = Batcher(Decoder(model), max_batch=8)
+    batcher = Batcher(Decoder(model), max_batch=8, static=static)
     jobs = requests(model.config, 8)
     got = []
     for kwargs in jobs:
         job, tokens, ends = collect(kwargs)
         batcher.submit(job)
         got.append((tokens, ends))
-        batcher.tick()
+        if arrival == "one per tick":
+            batcher.tick()
     drain(batcher)
     for kwargs, (tokens, ends) in zip(jobs, got):
         expected_tokens, expected_end = alone(model, kwargs)
         assert (tokens, ends) == (expected_tokens, [expected_end]), kwargs
-    assert set(batcher.states) <= {1, 2, 4, 8} and len(batcher.states) >= 3
+    assert all(state.static == static for state in batcher.states.values())
+    assert set(batcher.states) <= {1, 2, 4, 8} and len(batcher.states) >= (3 if arrival == "one per tick" else 2)
     assert not batcher.rows and batcher.state is None
 
 
@@ -94,7 +100,7 @@ def test_states_are_kept_per_batch_size_and_reused():
     """A second wave of requests decodes in the very tensors the first used (a compiled step and its
     CUDA graphs see the same addresses)."""
     model = random_model(CONFIGS["lrt"])
-    batcher = Batcher(Decoder(model), max_batch=4)
+    batcher = Batcher(Decoder(model), max_batch=4, static=True)
 
     def wave():
         for kwargs in requests(model.config, 4, seed=5):
@@ -127,7 +133,8 @@ def test_a_cancelled_job_leaves_at_the_next_tick_and_hears_nothing_more():
     )
     batcher.submit(a)
     batcher.submit(b)
-    batcher.tick()
+    while len(a_tokens) < 2:
+        batcher.tick()
     assert batcher.load["running"] == 2
     batcher.cancel(a)
     batcher.tick()
@@ -141,13 +148,42 @@ def test_a_cancelled_job_leaves_at_the_next_tick_and_hears_nothing_more():
     assert w_ends == ["cancelled"] and batcher.load["running"] == 0
 
 
-def test_a_request_stops_at_the_window():
+def test_a_prompt_read_in_the_batch_does_not_stall_the_rows_that_decode():
+    """With exact memory a new prompt is read one token a step beside the decoding rows: each step
+    still gives every decoding row its token, and the newcomer's first token comes after its prompt."""
     model = random_model(CONFIGS["lrt"])
     batcher = Batcher(Decoder(model))
-    job, tokens, ends = collect(dict(prompt=list(range(1, 21)), max_new_tokens=50, temperature=0.0))
-    batcher.submit(job)
+    a, a_tokens, _ = collect(dict(prompt=[3, 4], max_new_tokens=20, temperature=0.0))
+    batcher.submit(a)
+    while not a_tokens:
+        batcher.tick()
+    b, b_tokens, _ = collect(dict(prompt=list(range(1, 11)), max_new_tokens=5, temperature=0.0))
+    batcher.submit(b)
+    for step in range(10):
+        before = len(a_tokens)
+        batcher.tick()
+        assert len(a_tokens) == before + 1 and len(b_tokens) == (1 if step == 9 else 0)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_request_stops_at_the_window_and_its_row_is_left_in_range(static):
+    """A prompt of the whole window ends after one token; the row it leaves, at the cache's end,
+    idles at position 0 while a neighbour decodes on."""
+    model = random_model(CONFIGS["ponder"])
+    batcher = Batcher(Decoder(model), static=static)
+    jobs = [
+        collect(dict(prompt=list(range(1, 25)), max_new_tokens=50, temperature=0.0)),
+        collect(dict(prompt=[1, 2], max_new_tokens=10, temperature=0.0)),
+        collect(
+            dict(
+                prompt=list(range(1, 21)), max_new_tokens=50, temperature=0.0, memory=Memory.parse("parallel:jacobi:2")
+            )
+        ),
+    ]
+    for job, _, _ in jobs:
+        batcher.submit(job)
     drain(batcher)
-    assert ends == ["window"] and len(tokens) == 24 - 20
+    assert [(len(tokens), ends) for _, tokens, ends in jobs] == [(1, ["window"]), (10, ["length"]), (4, ["window"])]
 
 
 def test_bad_jobs_are_refused_at_submit_and_a_failed_prompt_ends_only_its_job():
@@ -158,12 +194,21 @@ def test_bad_jobs_are_refused_at_submit_and_a_failed_prompt_ends_only_its_job():
         (dict(prompt=[1] * 25, max_new_tokens=3), "window of 24"),
         (dict(prompt=[1], max_new_tokens=0), "max_new_tokens"),
         (dict(prompt=[1], max_new_tokens=3, temperature=float("nan")), "temperature"),
+        (dict(prompt=[999], max_new_tokens=3), "from 0 to 60"),
     ]:
         with pytest.raises(ValueError, match=match):
             batcher.submit(collect(kwargs)[0])
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(Decoder(model), max_batch=0)
-    bad, _, bad_ends = collect(dict(prompt=[999], max_new_tokens=3))  # a token id past the vocabulary
+    read = batcher.decoder.prefill
+
+    def prefill(prompts, max_len, memory):
+        if memory.mode == "zero":
+            raise RuntimeError("out of memory")
+        return read(prompts, max_len, memory=memory)
+
+    batcher.decoder.prefill = prefill
+    bad, _, bad_ends = collect(dict(prompt=[3], max_new_tokens=3, memory=Memory.parse("zero")))
     good, good_tokens, good_ends = collect(dict(prompt=[1, 2], max_new_tokens=3))
     batcher.submit(bad)
     batcher.submit(good)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -39,12 +40,32 @@ def _check_demo(tmp_path, capsys, args):
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):
-    _check_demo(tmp_path, capsys, ["--quick"])
+    """The demo is deterministic given its seed: this pins what the quick one prints (measured on
+    this project's 2-core CPU machine; the thread count moves the BPB in the 8th digit only)."""
+    report = _check_demo(tmp_path, capsys, ["--quick"])
+    assert report["samples"] == {
+        "lrt": "HAMLET.\nTo be, or not to beswr',nfhthlhe\ni.puBiWubtnreawmdhfo,b",
+        "baseline": "HAMLET.\nTo be, or not to be w\narn hthlhe\ni.nuBinu  nretwmdh o,r",
+    }
+    pinned = dict(lrt_exact_bpb=5.575336, lrt_merged_bpb=5.574959, baseline_bpb_equal_flops=4.971691)
+    assert {key: round(report[key], 6) for key in pinned} == pinned
+
+
+def readme_demo_block() -> list[str]:
+    """The demo's output as the README shows it, from its first line to the curves line."""
+    lines = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("LRT: ") and "parameters" in line)
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("curves: "))
+    return lines[start:end]
 
 
 @pytest.mark.slow
 def test_full_demo(tmp_path, capsys):
-    """The README's first command, as a newcomer runs it (about 6 minutes on 2 cores). Measured:
-    LRT 3.22 and baseline 3.02 BPB, from 8.0 at initialisation."""
-    report = _check_demo(tmp_path, capsys, [])
-    assert report["lrt_exact_bpb"] < 3.5 and report["baseline_bpb_equal_flops"] < 3.5
+    """The README's first command, as a newcomer runs it (8 to 12 minutes on 2 cores): it prints
+    what the README shows, sample text included, all but the wall times."""
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    printed = printed[: next(i for i, line in enumerate(printed) if line.startswith("curves: "))]
+    shown = readme_demo_block()
+    varies = [i for i, line in enumerate(shown) if line.startswith("wall time")]  # the machine's speed
+    assert [x for i, x in enumerate(printed) if i not in varies] == [x for i, x in enumerate(shown) if i not in varies]

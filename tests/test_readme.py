@@ -13,7 +13,8 @@ from lrt.cli import main
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-EXTRAS = {"transformers": "transformers", "lm_eval": "lm_eval"}
+EXTRAS = {"transformers": "transformers", "lm_eval": "lm_eval", "openai": "openai"}
+SERVER = "127.0.0.1:8000"  # where the serving example talks to `lrt serve runs/demo/lrt`
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,17 @@ def test_readme_python_block_runs(code, folder, monkeypatch):
     monkeypatch.chdir(folder)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+    if SERVER not in code:
+        exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+        return
+    pytest.importorskip("fastapi")
+    from lrt.integrations.serve import BackgroundServer, served_run
+    from lrt.train.checkpoint import load_run
+
+    # the run served as the README serves it, on a free port rather than 8000
+    with BackgroundServer(served_run(load_run(folder / "runs/demo/lrt", "cpu"))) as url:
+        code = code.replace(f"http://{SERVER}", url)
+        exec(compile(code, str(README), "exec"), {"__name__": "readme"})
 
 
 def test_readme_has_python_examples():

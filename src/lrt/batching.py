@@ -1,17 +1,23 @@
 """Continuous batching: many requests decoding in one batch, each at its own position (what
 `lrt serve` runs; the HTTP layer only hands requests in and tokens out).
 
-A `Batcher` owns a decoding engine (decoding.Decoder) and, for the life of the server, one static
-decoding state per batch size it has used (powers of two up to `max_batch`), so a compiling
-engine records its step (a CUDA graph on GPU) once per batch size instead of once per request.
+A `Batcher` owns a decoding engine (decoding.Decoder) and, for the life of the server, one
+decoding state per batch size it has used (powers of two up to `max_batch`). With a compiling
+engine the states are static, so it records its step (a CUDA graph on GPU) once per batch size
+instead of once per request; the eager engine's states attend, each step, to the positions in
+use only (up to the longest row's), the faster step on a CPU.
 Each `tick`:
 
 1. drops the rows whose request was cancelled (a client went away) or finished;
-2. admits waiting requests while rows are free: each prompt is read alone with its memory mode,
-   exactly as `lrt generate` reads it, and its first token sampled from the prompt's logits;
+2. admits waiting requests while rows are free. A prompt read with exact memory (the default) by
+   a model with recurrence is fed one token a step in the batch itself: the exact reading is that
+   sequence of steps, so a new prompt neither waits for the running rows nor stalls them. Other
+   prompts are read at once (one batch per memory mode, right-padded as `lrt generate` reads a
+   batch) and their first tokens sampled from their prompts' logits;
 3. moves the live rows into the smallest state that holds them (order kept, so a row only ever
    moves to a lower index of the same state, or into another state);
-4. takes one step for every row and samples each row's next token with its own generator.
+4. takes one step for every row (a prompt token or its last sampled token) and samples each
+   decoding row's next token with its own generator.
 
 A row's keys, values, memory and position are its own (the static step masks each row by its
 position), and each request samples with its own seeded generator, so a request's text does not
@@ -62,6 +68,9 @@ class _Row:
     generated: int = 1  # tokens sampled so far (the first from the prompt's logits)
     source: DecodeState | None = None  # where this row's cache is now (None: in place)
     index: int = 0  # its row in `source`
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to feed (a prompt read by steps)
+    fresh: bool = False  # a row that starts empty in the batch (m = 0, position 0)
+    length: int = 0  # cache positions it has filled (its position; PonderLM-2: slots)
 
 
 def bucket(n: int, max_batch: int) -> int:
@@ -71,12 +80,14 @@ def bucket(n: int, max_batch: int) -> int:
 
 class Batcher:
     """The decoding engine's server side: `submit` jobs from any thread, call `tick` (or `run`) on
-    one thread. `max_batch` bounds the rows decoding at once; later jobs wait in arrival order."""
+    one thread. `max_batch` bounds the rows decoding at once; later jobs wait in arrival order.
+    `static` (default: whether the engine compiles) makes the states fixed-shape."""
 
-    def __init__(self, decoder: Decoder, *, max_batch: int = 32):
+    def __init__(self, decoder: Decoder, *, max_batch: int = 32, static: bool | None = None):
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.decoder, self.model, self.max_batch = decoder, decoder.model, max_batch
+        self.static = decoder.compiles if static is None else static  # fixed-shape states (a compiled step's)
         self.window = self.model.config.sequence_len
         self.device = self.model.wte.weight.device
         self.states: dict[int, DecodeState] = {}  # batch size -> its static state, kept for life
@@ -96,6 +107,9 @@ class Batcher:
             raise ValueError(
                 f"a prompt of {len(job.prompt)} tokens is longer than the model's window of {self.window} tokens"
             )
+        vocab = self.model.config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in job.prompt):
+            raise ValueError(f"every prompt token must be an id from 0 to {vocab - 1}")
         with self.wake:
             self.waiting.append(job)
             self.wake.notify()
@@ -133,45 +147,68 @@ class Batcher:
     def tick(self) -> None:
         """One round: drop, admit, pack, step (module docstring)."""
         self.rows = [r for r in self.rows if not self._ended(r)]
-        while len(self.rows) < self.max_batch:
-            with self.wake:
-                job = self.waiting.popleft() if self.waiting else None
-            if job is None:
-                break
-            row = self._admit(job)
-            if row is not None:
-                self.rows.append(row)
+        with self.wake:
+            admitted = [self.waiting.popleft() for _ in range(min(len(self.waiting), self.max_batch - len(self.rows)))]
+        self.rows += self._admit(admitted)
         if not self.rows:
             self.state = None
             return
         self._pack()
         state = self.state
+        feed = [row.pending.pop(0) if row.pending else row.next_token for row in self.rows]
         tokens = torch.zeros(state.batch_size, dtype=torch.long, device=self.device)
-        tokens[: len(self.rows)] = torch.tensor([r.next_token for r in self.rows], device=self.device)
+        tokens[: len(self.rows)] = torch.tensor(feed, device=self.device)
         active = torch.arange(state.batch_size, device=self.device) < len(self.rows)
+        if not state.static:  # the eager step attends to the positions in use: up to the longest row's
+            state.length = max(row.length for row in self.rows)
         logits = self.decoder.step(tokens, state, active)
+        slots = self.model.config.slots
         for i, row in enumerate(self.rows):
-            row.next_token = self._sample(row, logits[i : i + 1])
+            row.length += slots
+            if row.pending:
+                continue  # still reading its prompt
+            row.next_token = self._sample(row, logits[i : i + 1])  # after its prompt's last token: the first
             row.generated += 1
             self._offer(row)
 
     # parts of a tick ------------------------------------------------------------------------------
 
-    def _admit(self, job: Job) -> _Row | None:
-        """Read a job's prompt into a state of its own and sample its first token; None if it is
-        already over (cancelled while waiting, or done after one token)."""
-        if job.cancelled:
-            self._finish(job, "cancelled")
-            return None
-        try:
-            pre = self.decoder.prefill([job.prompt], self.window, memory=job.memory)
-        except Exception as e:  # noqa: BLE001 - one prompt that cannot be read ends its own job only
-            self._finish(job, f"error: {type(e).__name__}: {e}")
-            return None
+    def _admit(self, jobs: list[Job]) -> list[_Row]:
+        """Rows for new jobs. A prompt read with exact memory by a model with recurrence is read in
+        the batch, one token a step beside the rows that decode (the exact reading is that sequence of
+        steps), so it neither waits for nor stalls the others. Other prompts are read at once, those
+        with the same memory together as one batch, and their first tokens sampled. Jobs already
+        over (cancelled while waiting, or done after one token) get no row."""
+        for job in jobs:
+            if job.cancelled:
+                self._finish(job, "cancelled")
+        jobs = [job for job in jobs if not job.finished]
+        rows = [self._row(job, pending=list(job.prompt), fresh=True) for job in jobs if self._stepped(job)]
+        jobs = [job for job in jobs if not self._stepped(job)]
+        slots = self.model.config.slots
+        while jobs:
+            group = [job for job in jobs if job.memory == jobs[0].memory]
+            jobs = [job for job in jobs if job.memory != jobs[0].memory]
+            try:
+                pre = self.decoder.prefill([job.prompt for job in group], self.window, memory=group[0].memory)
+            except Exception as e:  # noqa: BLE001 - prompts that cannot be read end their own jobs only
+                for job in group:
+                    self._finish(job, f"error: {type(e).__name__}: {e}")
+                continue
+            for k, job in enumerate(group):
+                row = self._row(job, source=pre.state, index=k, generated=1, length=len(job.prompt) * slots)
+                row.next_token = self._sample(row, pre.logits[k : k + 1])
+                if not self._offer(row):
+                    rows.append(row)
+        return rows
+
+    def _stepped(self, job: Job) -> bool:
+        cfg = self.model.config
+        return job.memory.mode == "exact" and (cfg.injection != "none" or cfg.latent_thoughts > 0)
+
+    def _row(self, job: Job, **fields) -> _Row:
         generator = torch.Generator(device=self.device).manual_seed(job.seed)
-        row = _Row(job, generator, 0, source=pre.state, index=0)
-        row.next_token = self._sample(row, pre.logits)
-        return None if self._offer(row) else row
+        return _Row(job, generator, next_token=0, **{"generated": 0, **fields})
 
     def _sample(self, row: _Row, logits: torch.Tensor) -> int:
         job = row.job
@@ -207,13 +244,24 @@ class Batcher:
         size = bucket(len(self.rows), self.max_batch)
         target = self.states.get(size)
         if target is None:
-            target = self.states[size] = self.decoder.new_state(size, self.window, static=True)
+            target = self.states[size] = self.decoder.new_state(size, self.window, static=self.static)
         for i, row in enumerate(self.rows):
-            source = row.source if row.source is not None else self.state
-            if source is not target or row.index != i:
-                copy_row(target, i, source, row.index)
-            row.source, row.index = None, i
+            if row.fresh:
+                clear_row(target, i)
+            else:
+                source = row.source if row.source is not None else self.state
+                if source is not target or row.index != i:
+                    copy_row(target, i, source, row.index)
+            row.source, row.index, row.fresh = None, i, False
+        target.pos[len(self.rows) :].zero_()  # idle rows at 0: one that left at the cache's end must not write past it
         self.state = target
+
+
+def clear_row(state: DecodeState, i: int) -> None:
+    """Row i as a new sequence: m = 0 and position 0 (the keys it had are masked by its position)."""
+    if state.memory is not None:
+        state.memory[i].zero_()
+    state.pos[i].zero_()
 
 
 def copy_row(dst: DecodeState, i: int, src: DecodeState, j: int) -> None:

@@ -131,6 +131,9 @@ def read(model, idx: torch.Tensor, memory: "Memory | str") -> Reading:
     if model.config.latent_thoughts:
         return _ponder(model, idx, memory)
     buffer = KVBuffer(model.config.cache_layers, T, inplace=not torch.is_grad_enabled(), kept=True)
+    if model.config.injection == "none":  # no pathway (plain or looped): every memory is zero memory, one pass
+        output = run_schedule(model, idx, Baseline(), buffer=buffer)
+        return Reading(memory, output, buffer, 1)
     if memory.mode == "fixed-point":
         return _fixed_point(model, idx, memory, buffer)
     schedule = {"zero": Baseline(), "exact": Sequential(), "parallel": memory.schedule}[memory.mode]

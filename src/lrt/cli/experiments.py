@@ -3,6 +3,7 @@ baseline."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -80,6 +81,26 @@ def cmd_bench_decode(args) -> None:
         **keywords(args, "tokens", "prompt_len", "repeats", "dtype", "compile"),
     )
     print(format_decode(report))
+    write_json(args.json, report)
+
+
+def cmd_bench_serve(args) -> None:
+    from ..runtime import resolve_device
+    from .models import needs
+
+    bench = needs("serve", "lrt.integrations.serve_bench")
+    serve = needs("serve", "lrt.integrations.serve")
+    device = resolve_device(args.device)
+    serve.serving_threads(args.threads, device)
+    report = bench.bench_serve(
+        args.config,
+        streams=tuple(args.streams),
+        device=str(device),
+        variants=tuple(args.variants.split(",")),
+        progress=lambda msg: print(msg, file=sys.stderr),
+        **keywords(args, "tokens", "rounds", "compile"),
+    )
+    print(bench.format_serve(report))
     write_json(args.json, report)
 
 
@@ -204,6 +225,25 @@ def add_commands(sub) -> None:
     )
     device_and_json(b)
     b.set_defaults(run=cmd_bench_decode)
+    b = bsub.add_parser("serve", help="the server under load: requests/s, time to first token, tokens/s (lrt[serve])")
+    b.add_argument("--config", default="small", help=f"model preset (random weights): {PRESET_NAMES}")
+    b.add_argument("--streams", type=positive_ints, default="1,8,32", help="comma-separated concurrent streams")
+    b.add_argument("--tokens", type=positive_int, default=64, help="tokens each request generates")
+    b.add_argument("--rounds", type=positive_int, default=3)
+    b.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve with the compiled step, a CUDA graph per batch size on GPU (default: on CUDA only)",
+    )
+    b.add_argument(
+        "--variants",
+        default="baseline,LRT-shared",
+        help=f"comma-separated variants, the baseline always served: {','.join(VARIANTS)}",
+    )
+    b.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the models (default: cores - 1)")
+    device_and_json(b)
+    b.set_defaults(run=cmd_bench_serve)
 
     p = sub.add_parser("demo", help="train a small LRT and its baseline on the bundled corpus (CPU, 8-12 min)")
     add_config_flags(p, DemoSettings)

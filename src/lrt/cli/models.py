@@ -155,6 +155,7 @@ def cmd_serve(args) -> None:
 
     serve = needs("serve", "lrt.integrations.serve")
     trained = load_run(args.checkpoint, args.device)
+    serve.serving_threads(args.threads, trained.model.wte.weight.device)
     served = serve.served_run(
         trained, name=args.name, max_batch=args.max_batch, max_tokens=args.max_tokens, compile=args.compile
     )
@@ -257,4 +258,5 @@ def add_commands(sub) -> None:
         help="decode with the compiled step, a CUDA graph per batch size on GPU (default: on CUDA only)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the model (default: cores - 1)")
     p.set_defaults(run=cmd_serve)

@@ -62,16 +62,26 @@ class Served:
     limits: Limits
 
 
-def served_run(trained, *, name: str | None = None, max_batch: int = 32, max_tokens: int | None = None, compile=None):
-    """A loaded run (checkpoint.load_run) ready to serve; `compile` defaults to CUDA only, as generation."""
-    model = trained.model
+def served_run(trained, *, name: str | None = None, **options) -> Served:
+    """A loaded run (checkpoint.load_run) ready to serve, named after its folder unless `name`;
+    `options` are served_model's."""
+    return served_model(
+        trained.model, trained.tokenizer, name=name or model_name(trained.path), schedule=trained.schedule, **options
+    )
+
+
+def served_model(
+    model, tokenizer, *, name: str, schedule=None, max_batch: int = 32, max_tokens: int | None = None, compile=None
+) -> Served:
+    """A model ready to serve: its batcher (compiled by default on CUDA only, as generation) and limits
+    (max_tokens per choice, at most the window)."""
     if compile is None:
         compile = compiled_by_default(model.wte.weight.device)
     window = model.config.sequence_len
     return Served(
-        name=name or model_name(trained.path),
-        tokenizer=trained.tokenizer,
-        schedule=trained.schedule,
+        name=name,
+        tokenizer=tokenizer,
+        schedule=schedule,
         batcher=Batcher(Decoder(model, compile=compile), max_batch=max_batch),
         limits=Limits(max_tokens=min(max_tokens or window, window)),
     )
@@ -249,6 +259,21 @@ async def stream_events(served: Served, req: CompletionRequest, choices, queue, 
 
 
 # running it ---------------------------------------------------------------------------------------
+
+
+def serving_threads(requested: int | None, device) -> int:
+    """The threads a server's matrix products get on a CPU (set for this process, which is the
+    server's own): `requested`, else all cores but one, which the HTTP loop needs: with every core
+    given to the products, OpenMP threads and the loop fight over them (docs/performance.md)."""
+    import os
+
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return torch.get_num_threads()
+    threads = requested or max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def serve(served: Served, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
