@@ -154,7 +154,7 @@ def parse_completion(body: dict, *, model: str, limits: Limits) -> CompletionReq
             raise ApiError(f"{key} is not supported by lrt serve (got {body[key]!r})", param=key)
     name = body.get("model")
     if not isinstance(name, str):
-        raise ApiError("model is required: the name GET /v1/models lists", param="model")
+        raise ApiError("model must be given, as a string: the name GET /v1/models lists", param="model")
     if name != model:
         raise ApiError(f"the model {name!r} does not exist; this server has {model!r}", param="model", status=404)
     prompt = body.get("prompt", None)
