@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_train_args
 from lrt.cli import main
 from lrt.data.sources import TextSource
 from lrt.experiments.study import choose_lr, done
@@ -409,3 +410,17 @@ def test_a_broken_job_file_in_a_study_folder_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and "is not a job file lrt study wrote" in err.splitlines()[-1], err
     assert (job.path / "job.json").read_text() == "[1, 2"
+
+
+def test_a_study_can_start_every_run_from_one_checkpoint(tmp_path):
+    """[train] init_from: every cell starts from the same weights (a plain transformer here), the
+    arms' matched-compute arithmetic uses the checkpoint's shape, not the preset's, and the runs
+    record the very checkpoint."""
+    assert main(tiny_train_args(tmp_path / "base", steps=2, schedule="baseline")) == 0
+    text = TINY.format(extra="").replace('preset = "tiny"', f'preset = "small"\ninit_from = "{tmp_path / "base"}"')
+    (tmp_path / "shared.toml").write_text(text)
+    spec = load_spec(tmp_path / "shared.toml", tmp_path / "out")
+    source = checkpoint.resolve(tmp_path / "base").resolve()
+    assert {arm.config.n_embd for arm in spec.arms.values()} == {64}  # tiny's, the checkpoint's
+    assert spec.arms["lrt"].config.injection == "kv+residual" and spec.arms["baseline"].config.injection == "none"
+    assert {job.config.init_from for job in spec.jobs} == {str(source)}

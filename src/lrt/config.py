@@ -18,6 +18,20 @@ VALUE_EMBEDS = ("none", "alternating", "all")
 # the allocator (or overflowing a tensor's element count) with a traceback.
 SIZE_LIMITS = {"vocab_size": 2**24, "n_layer": 2**12, "n_embd": 2**17}
 
+# the fields that say how (and whether) the model recurs, rather than its backbone's shape: a run
+# started from another's weights (--init-from) may change them, and nothing else that shapes weights
+RECURRENCE_FIELDS = (
+    "injection",
+    "projection",
+    "source_layer",
+    "target_layers",
+    "residual_init",
+    "reset_memory_at_bos",
+    "bos_id",
+    "loops",
+    "latent_thoughts",
+)
+
 
 def option(default, help: str, **metadata):
     """A field of a run's configuration that is also a command-line flag: `help` (and `choices`)

@@ -44,6 +44,8 @@ def cmd_train(args) -> None:
     from ..train.trainer import Trainer
 
     base = record = None
+    if args.resume is not None and "init_from" in vars(args):
+        raise ValueError("--init-from starts a new run from weights and --resume continues one: give one of them")
     if args.resume is not None:
         path = checkpoint.resolve(args.resume)
         record = checkpoint.read_record(path)

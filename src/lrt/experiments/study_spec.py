@@ -24,6 +24,7 @@ from ..presets import COMPARATOR_SCHEDULES, VARIANTS, get_preset
 from ..schedules import parse_schedule
 from ..train import checkpoint
 from ..train.config import TrainConfig
+from ..train.init_from import run_model_config, source_of
 from ..train.optim import OptimConfig
 
 MODEL_FIELDS = {f.name for f in dataclasses.fields(LRTConfig)}
@@ -495,15 +496,21 @@ def _build(path: Path, out: Path, raw: dict) -> Spec:
         Cell(name, COMPARATOR_SCHEDULES[name], VARIANTS[name], {}, arm="baseline")
         for name in (comparators.names if comparators else [])
     ]
+    if train.get("init_from") is not None:  # every run starts from one checkpoint: recorded as its runs record it
+        train["init_from"] = str(checkpoint.resolve(train["init_from"]).resolve())
     probe = cells[0].config(train, out=str(out))
     try:
-        vocab = load_tokenizer(probe.tokenizer).vocab_size
+        vocab = (
+            load_tokenizer(probe.tokenizer).vocab_size
+            if probe.init_from is None
+            else source_of(probe.init_from)[1]["config"]["vocab_size"]
+        )
     except FileNotFoundError:  # not trained yet (a dry run of a GPU study): the preset's vocabulary
         vocab = get_preset(probe.preset).bench_vocab
     arms = {}
     for cell in cells + comparator_cells:  # each run is one process (a GPU or a share of the cores): world size 1
         cfg = cell.config(train, out=str(out))
-        model_config = cfg.model_config(vocab, bos_id=0)
+        model_config = run_model_config(cfg, vocab, bos_id=0)
         arms[cell.name] = Arm(
             model_config,
             parse_schedule(cfg.schedule),
@@ -617,7 +624,7 @@ def arm_of(spec: Spec, job: Job) -> Arm:
     if job.info["stage"] != "referee":
         return spec.arms[job.info["cell"]]
     cfg = job.config
-    model = cfg.model_config(spec.arms["lrt"].config.vocab_size, bos_id=0)
+    model = run_model_config(cfg, spec.arms["lrt"].config.vocab_size, bos_id=0)
     return Arm(model, parse_schedule(cfg.schedule), cfg.tokens_per_step(world_size=1, seq_len=model.sequence_len))
 
 

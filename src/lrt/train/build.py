@@ -26,7 +26,7 @@ from ..data.sources import earliest
 from ..data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_reference
 from ..model import LRT, compile_model
 from ..schedules import Schedule, check_schedule_for, reads_memory
-from . import checkpoint, distributed
+from . import checkpoint, distributed, init_from
 from .config import TrainConfig
 from .curves import read_metrics
 from .distributed import World
@@ -139,6 +139,8 @@ def build_run(cfg: TrainConfig, resume: str | None = None) -> RunParts:
     world, device = distributed.setup(cfg.device, cfg.backend)
     folder = RunFolder(Path(cfg.out))
     resumed = None if resume is None else checkpoint.resolve(resume)
+    if cfg.init_from is not None and resumed is None:  # the run records the very checkpoint it starts from
+        cfg.init_from = str(checkpoint.resolve(cfg.init_from).resolve())
     # what each rank reads and builds on its own: a failure anywhere stops every rank
     local = world.agree(lambda: _build_on_rank(cfg, world, device, resumed))
     # wrapping and restoring take collectives, so they come once every rank has its parts
@@ -179,8 +181,20 @@ def _build_on_rank(cfg: TrainConfig, world: World, device: torch.device, resumed
     mode = distributed.parallel_mode(cfg.parallel, world)
     torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
     record = None if resumed is None else checkpoint.read_record(resumed)
-    tokenizer = load_tokenizer(cfg.tokenizer) if resumed is None else _own_tokenizer(cfg, resumed, record)
-    config = cfg.model_config(tokenizer.vocab_size, tokenizer.bos_id)
+    # a run started from weights (not when it resumes: its checkpoint has them by then)
+    source = None if cfg.init_from is None or resumed is not None else init_from.source_of(cfg.init_from)
+    if resumed is not None:
+        tokenizer = _own_tokenizer(cfg, resumed, record)
+    elif source is not None:
+        tokenizer = init_from.source_tokenizer(cfg.tokenizer, *source)
+    else:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    # a run started from weights takes its model's shape from them (on resume: from its own checkpoint)
+    shaped_by = None if cfg.init_from is None else (record if resumed is not None else source[1])
+    source_config = None if shaped_by is None else LRTConfig.from_dict(shaped_by["config"])
+    config = cfg.model_config(tokenizer.vocab_size, tokenizer.bos_id, source=source_config)
+    if source is not None:
+        init_from.check_backbone(source_config, config, source[0])
     schedule = cfg.make_schedule()
     check_schedule_for(config, schedule)
     grad_accum = cfg.accumulation(world.size, config.sequence_len)
@@ -197,6 +211,8 @@ def _build_on_rank(cfg: TrainConfig, world: World, device: torch.device, resumed
     )
     val_rows = validation_rows(val_source, tokenizer, config.sequence_len, cfg.eval_tokens)
     model = LRT(config, attention=cfg.attention, activation_checkpointing=cfg.activation_checkpointing, device=device)
+    if source is not None:
+        init_from.load_initial_weights(model, source[0])
     if cfg.compile:
         compile_model(model)
     saved = None if resumed is None else _read_resumable(cfg, resumed, record, config, device)

@@ -391,7 +391,9 @@ def _record_problem(record: dict) -> str | None:
         if not isinstance(record["train_config"], dict):
             return f"its train_config must be a JSON object, got {_json_kind(record['train_config'])}"
         try:  # resuming builds its model from it, so its model settings are checked too
-            TrainConfig.from_dict(record["train_config"]).model_config(config.vocab_size, config.bos_id)
+            train = TrainConfig.from_dict(record["train_config"])
+            source = config if train.init_from is not None else None  # its shape is its own, not a preset's
+            train.model_config(config.vocab_size, config.bos_id, source=source)
         except (ValueError, TypeError) as e:
             return f"its train_config is invalid ({e})"
     if "train_state" in record:

@@ -69,6 +69,11 @@ class TrainConfig:
     )
     keep: int = option(3, "checkpoints kept (besides those of --save-at)")
     seed: int = option(0, "random seed")
+    init_from: str | None = option(
+        None,
+        "start from this checkpoint's (or run's newest) weights: a new run, with its own data, schedule, "
+        "rates and a fresh optimizer; the model's shape comes from the checkpoint",
+    )
     peak_tflops: float | None = option(
         None, "the device's peak TFLOP/s, for each step's MFU in metrics.jsonl (bf16 on H100, H200, A100: known)"
     )
@@ -86,6 +91,8 @@ class TrainConfig:
         check_int("seed", self.seed, low=0)
         if self.seq_len is not None:
             check_int("seq_len", self.seq_len, low=2)
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ValueError(f"init_from must be a checkpoint or run folder, got {self.init_from!r}")
         for name in ("out", "tokenizer", "preset", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -152,22 +159,26 @@ class TrainConfig:
     def make_schedule(self) -> Schedule:
         return parse_schedule(self.schedule)
 
-    def model_config(self, vocab_size: int, bos_id: int | None = None) -> LRTConfig:
-        """The preset, the schedule's implication (baseline: a plain transformer, looped with
-        `loops`; jacobi: PonderLM-2, one latent thought unless `latent_thoughts` says), then
-        overrides; the tokenizer's vocabulary, and its <|bos|> where memory resets there."""
-        d = dict(get_preset(self.preset).shape)
+    def model_config(self, vocab_size: int, bos_id: int | None = None, source: LRTConfig | None = None) -> LRTConfig:
+        """The preset (or, for a run started from weights, the `source` model's shape and
+        recurrence), the schedule's implication (baseline: a plain transformer, looped with `loops`;
+        jacobi: PonderLM-2, one latent thought unless `latent_thoughts` says; any other: LRT, whose
+        pathway a plain source gets with its defaults), then overrides; the tokenizer's vocabulary,
+        and its <|bos|> where memory resets there."""
+        defaults = LRTConfig.__dataclass_fields__
+        d = dict(get_preset(self.preset).shape) if source is None else source.to_dict()
         schedule = self.make_schedule()
         if isinstance(schedule, (Baseline, Jacobi)):
             d["injection"] = "none"
+        elif source is not None and source.injection == "none":  # a plain source: LRT's pathway added
+            d.update(injection=defaults["injection"].default, loops=1, latent_thoughts=0)
         if isinstance(schedule, Jacobi):
-            d["latent_thoughts"] = 1
+            d["latent_thoughts"] = d.get("latent_thoughts") or 1
         d.update(self.model)
         if self.seq_len is not None:
             d["sequence_len"] = self.seq_len
         d["vocab_size"] = vocab_size
-        if d.get("reset_memory_at_bos"):
-            d["bos_id"] = bos_id
+        d["bos_id"] = bos_id if d.get("reset_memory_at_bos") else None
         return LRTConfig.from_dict(d)
 
 
