@@ -84,14 +84,12 @@ def test_beam_search_moves_the_memory_with_the_beams(exported):
     model, tokenizer, run = load(exported)
     for text in PROMPTS[:2]:
         prompt = [run.tokenizer.bos_id] + run.tokenizer.encode(text)
+        ids = torch.tensor([prompt])  # with the mask it means: every column, the leading <|bos|> too
         out = model.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=6,
-            num_beams=3,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=run.tokenizer.bos_id,
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, num_beams=3, do_sample=False, eos_token_id=None
         )
+        # and without one: <|pad|> is not <|bos|>, so transformers' own mask keeps the <|bos|>
+        assert torch.equal(model.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False, eos_token_id=None), out)
         assert out[0, len(prompt) :].tolist() == reference_beam_search(run.model, prompt, beams=3, steps=6)
 
 
@@ -103,6 +101,80 @@ def test_sampling_with_a_seed_is_reproducible(exported):
         torch.manual_seed(7)
         draws.append(model.generate(**batch, max_new_tokens=10, do_sample=True, top_k=20).tolist())
     assert draws[0] == draws[1]
+
+
+NO_LRT = """
+import importlib.abc, json, sys
+
+class NoLrt(importlib.abc.MetaPathFinder):  # lrt is not installed here
+    def find_spec(self, name, path, target=None):
+        if name == "lrt" or name.startswith("lrt."):
+            raise ImportError(f"No module named {name!r} (blocked)")
+
+sys.meta_path.insert(0, NoLrt())
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+export, again = sys.argv[1], sys.argv[2]
+model = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained(export, trust_remote_code=True)
+batch = tokenizer(["To be", "O"], return_tensors="pt", padding=True)
+out = model.generate(**batch, max_new_tokens=8, do_sample=False)
+model.save_pretrained(again)
+tokenizer.save_pretrained(again)
+reloaded = AutoModelForCausalLM.from_pretrained(again, trust_remote_code=True)
+long = tokenizer(["x" * 22], return_tensors="pt")  # 23 tokens of a 64-token window
+longest = model.generate(**long, max_new_tokens=100, do_sample=False, suppress_tokens=[tokenizer.bos_token_id])
+print(json.dumps({
+    "out": out.tolist(),
+    "again": reloaded.generate(**batch, max_new_tokens=8, do_sample=False).tolist(),
+    "width": batch["input_ids"].shape[1],
+    "longest": longest.shape[1],
+    "windows": [model.config.max_position_embeddings, tokenizer.model_max_length],
+    "pad": [tokenizer.pad_token, tokenizer.pad_token_id, tokenizer.bos_token_id],
+    "lrt": sorted(m for m in sys.modules if m == "lrt" or m.startswith("lrt.")),
+}))
+"""
+
+
+def test_the_export_needs_only_torch_and_transformers_and_round_trips(exported, tmp_path):
+    """In a process where lrt cannot be imported: the export loads, generates what lrt generates,
+    knows its window (generation stops there with what it made), pads with a token of its own, and
+    survives save_pretrained / from_pretrained."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", NO_LRT, str(exported / "export"), str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    run = load_run(exported / "run", "cpu")
+    assert got["lrt"] == [] and got["again"] == got["out"]
+    for row, text in enumerate(["To be", "O"]):
+        prompt = [run.tokenizer.bos_id] + run.tokenizer.encode(text)
+        expected = generate(run.model, [prompt], 8, temperature=0, stop_token=run.tokenizer.bos_id).tokens[0]
+        assert got["out"][row][got["width"] :][: len(expected)] == expected
+    window = run.model.config.sequence_len
+    assert got["longest"] == window and got["windows"] == [window, window]
+    assert got["pad"][0] == "<|pad|>" and got["pad"][1] != got["pad"][2]
+    files = {p.name: p for p in (exported / "export").iterdir()}
+    assert {"generation_config.json", "README.md", "modeling_lrt.py", "model.py"} <= set(files)
+    assert files["model.safetensors"].stat().st_mode & 0o044 == 0o044  # readable by others, as any file here
+    assert "Written by lrt" in files["modeling_lrt.py"].read_text().splitlines()[0]
+
+
+def test_a_forward_past_the_window_is_one_clear_error(exported):
+    model, _, run = load(exported)
+    with pytest.raises(ValueError, match="longer than the model's window"):
+        model(torch.ones(1, run.model.config.sequence_len + 1, dtype=torch.long))
 
 
 def test_the_cache_refuses_to_roll_back():

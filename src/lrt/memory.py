@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ponder
 from .attention import KVBuffer
+from .ponder import run as run_ponder
 from .schedules import (
     Baseline,
     Jacobi,
@@ -148,7 +148,7 @@ def _ponder(model, idx: torch.Tensor, memory: Memory) -> Reading:
         raise ValueError("a PonderLM-2 model has no zero memory (its latent thoughts are its recurrence)")
     schedule = {"exact": Sequential(), "parallel": memory.schedule, "fixed-point": Jacobi()}[memory.mode]
     tol = memory.tol if memory.mode == "fixed-point" else None
-    output, buffer, forwards = ponder.run(model, idx, schedule, tol=tol)
+    output, buffer, forwards = run_ponder(model, idx, schedule, tol=tol)
     return Reading(memory, output, buffer, forwards)
 
 

@@ -25,9 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from . import ponder
 from .attention import KVBuffer, PassContext, check_attention, resolve_attention
 from .config import LRTConfig
+from .ponder import run as run_ponder
 from .runtime import room_for_graphs
 from .schedules import Schedule, ScheduleOutput, default_schedule, run_schedule
 
@@ -337,7 +337,7 @@ class LRT(nn.Module):
             h, _ = self.forward_positions(idx, pos, None, buffer, full=True, span=range(T))
             return self.head(h)
         if self.config.latent_thoughts:
-            output = ponder.run(
+            output = run_ponder(
                 self, idx, schedule or default_schedule(self.config), targets=targets, return_logits=return_logits
             )[0]
             return output.logits if targets is None and schedule is None else output

@@ -1,166 +1,33 @@
-"""LRT as a Hugging Face transformers model (`pip install 'lrt[hf]'`).
+"""LRT as a Hugging Face transformers model (`pip install 'lrt[hf]'`): `lrt export hf RUN OUT`.
 
-`lrt export hf RUN OUT` writes a folder that `AutoModelForCausalLM.from_pretrained(OUT,
-trust_remote_code=True)` and `AutoTokenizer.from_pretrained(OUT)` load offline. The folder's code
-files are two lines each: the classes live here, so loading an export needs lrt installed.
-
-The recurrent memory lives in the cache: `LRTCache` (a `DynamicCache`) carries lrt's decoding
-state, every layer's keys and values *and* each row's memory vector, so `generate()` needs no side
-channel, and beam search moves the memory with the beams. A prompt is read with `config.memory`
-(default exact: token by token, what `lrt generate` does), each row on its own positions, so a
-left-padded row reads as it would alone.
+The export is self-contained: `AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True)`
+and `AutoTokenizer.from_pretrained(OUT)` load it offline with only torch and transformers
+installed. Its code files are hf_config.py (as configuration_lrt.py), hf_model.py (as
+modeling_lrt.py) and lrt's core modules, copied as they are (CORE_MODULES: they import one
+another, torch and numpy, nothing else), each headed by the lrt version that wrote it. The
+classes are importable from here too, for code that has lrt.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+from importlib import metadata, resources
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from transformers import DynamicCache, GenerationMixin, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers import GenerationConfig, PreTrainedTokenizerFast
 
-from ..config import LRTConfig
 from ..data.tokenizer import BOS, BPETokenizer
-from ..decoding import DecodeState, right_padded, select_rows, state_after, step
-from ..memory import Memory, read
-from ..model import LRT
 from ..train.checkpoint import write_tensors
+from .hf_config import LRTHFConfig
+from .hf_model import LRTCache, LRTForCausalLM
 
-CODE = {
-    "configuration_lrt.py": "from lrt.integrations.hf import LRTHFConfig  # noqa: F401  (pip install 'lrt[hf]')\n",
-    "modeling_lrt.py": "from lrt.integrations.hf import LRTForCausalLM  # noqa: F401  (pip install 'lrt[hf]')\n",
-}
+__all__ = ["LRTCache", "LRTForCausalLM", "LRTHFConfig", "export_hf", "hf_tokenizer"]
 
-
-class LRTHFConfig(PretrainedConfig):
-    """The transformers config of an exported LRT: its LRTConfig under "lrt", and the memory with
-    which a prompt is read (`exact`, `parallel:<schedule>`, `fixed-point`, `zero`)."""
-
-    model_type = "lrt"
-
-    def __init__(self, lrt: dict | None = None, memory: str = "exact", use_cache: bool = True, **kwargs):
-        self.lrt = lrt or {}
-        self.memory = memory
-        self.use_cache = use_cache
-        super().__init__(**kwargs)
-
-
-class LRTCache(DynamicCache):
-    """generate()'s cache for LRT: lrt's decoding state (keys and values of every layer, each row's
-    memory vector and position). Beam search and batch expansion move the memory with the rows;
-    rolling the cache back (`crop`, used by assisted decoding) would need an old memory that is not
-    kept, and is refused."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-        self.state: DecodeState | None = None
-        self.seen = 0  # input columns consumed (a left-padded prompt's width included)
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.seen
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.state is not None:
-            self.state = select_rows(self.state, indices.to(self.state.pos.device))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.state is not None:
-            rows = torch.arange(self.state.batch_size, device=self.state.pos.device)
-            self.state = select_rows(self.state, rows.repeat_interleave(repeats))
-
-    def crop(self, max_length: int) -> None:
-        raise ValueError(
-            "an LRT cache cannot be cropped: the memory of an earlier position is not kept "
-            "(assisted and speculative decoding are not supported)"
-        )
-
-    def reset(self) -> None:
-        self.state, self.seen = None, 0
-
-
-class LRTForCausalLM(PreTrainedModel, GenerationMixin):
-    """An lrt model behind transformers' causal-LM interface. forward(input_ids) without a cache
-    reads the tokens with `config.memory` (exact by default); with an LRTCache it continues the
-    recurrence, one forward per token."""
-
-    config_class = LRTHFConfig
-    base_model_prefix = "model"
-    main_input_name = "input_ids"
-
-    def __init__(self, config: LRTHFConfig):
-        super().__init__(config)
-        if not config.lrt:
-            raise ValueError("config.json has no 'lrt' section: this folder is not an LRT export (lrt export hf)")
-        self.model = LRT(LRTConfig.from_dict(config.lrt))
-        Memory.parse(config.memory)  # a bad memory fails at load
-        self.post_init()
-
-    def _init_weights(self, module) -> None:
-        """The weights come from the export (or LRT's own init)."""
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # forward makes its own LRTCache on the first call
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """transformers' loading, with a clear error where the weights do not match the config."""
-        kwargs["output_loading_info"] = True
-        model, info = super().from_pretrained(*args, **kwargs)
-        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-        if problems:
-            raise ValueError(f"{args[0] if args else ''}: the weights do not match config.json's LRT ({problems})")
-        return model
-
-    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=True, **kwargs):
-        if cache is not None and cache.state is not None:
-            input_ids = input_ids[:, cache.seen :]  # the tokens generated since the last call
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache, "use_cache": use_cache}
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        cache: LRTCache | None = None,
-        use_cache: bool | None = None,
-        labels: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if cache is not None and cache.state is not None:  # continue the recurrence, a token at a time
-            logits = torch.stack([step(self.model, input_ids[:, i], cache.state) for i in range(input_ids.size(1))], 1)
-            cache.seen += input_ids.size(1)
-        else:
-            logits, state = self._read(input_ids, attention_mask, keep_state=use_cache)
-            if use_cache:
-                cache = cache if cache is not None else LRTCache()
-                cache.state, cache.seen = state, input_ids.size(1)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
-
-    def _read(self, input_ids, attention_mask, keep_state: bool):
-        """Logits of every input column: each row's tokens (where the mask is 1, left or right
-        padded) read with config.memory from position 0, as the row alone."""
-        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        rows = [row[m].tolist() for row, m in zip(input_ids, mask)]
-        if any(not r for r in rows):
-            raise ValueError("every row needs at least one token that the attention mask keeps")
-        reading = read(self.model, right_padded(rows, input_ids.device), Memory.parse(self.config.memory))
-        lengths = torch.tensor([len(r) for r in rows], device=input_ids.device)
-        logits = reading.logits.new_zeros(*input_ids.shape, reading.logits.size(-1))
-        # row b's j-th kept token sits at its j-th kept column
-        cols = torch.cumsum(mask, dim=1) - 1
-        b, t = mask.nonzero(as_tuple=True)
-        logits[b, t] = reading.logits[b, cols[b, t]]
-        state = state_after(self.model, reading, lengths, self.model.config.sequence_len) if keep_state else None
-        return logits, state
+# what modeling_lrt.py needs of lrt, closed under their imports (test_integration_hf checks it)
+CORE_MODULES = ("attention", "config", "decoding", "memory", "model", "ponder", "runtime", "schedules")
+PAD = "<|pad|>"  # padding, after the model's vocabulary: never read (a masked column), never embedded
 
 
 # the export ---------------------------------------------------------------------------------------
@@ -180,8 +47,10 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def hf_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
-    """The tokenizer as a PreTrainedTokenizerFast that puts <|bos|> first, as lrt reads prompts."""
+def hf_tokenizer(tokenizer, window: int) -> PreTrainedTokenizerFast:
+    """The tokenizer as a PreTrainedTokenizerFast that puts <|bos|> first, as lrt reads prompts, pads
+    on the left with its own <|pad|> (so transformers can tell padding from a leading <|bos|>), and
+    knows the model's window."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     if isinstance(tokenizer, BPETokenizer):
@@ -192,10 +61,62 @@ def hf_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         tok.decoder = decoders.ByteLevel()
         tok.add_special_tokens([BOS])
+    tok.add_special_tokens([PAD])
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.bos_id)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS, padding_side="left"
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=BOS,
+        pad_token=PAD,
+        padding_side="left",
+        model_max_length=window,
     )
+
+
+def lrt_version() -> str:
+    try:
+        return metadata.version("lrt")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def code_files() -> dict[str, str]:
+    """The export's code files: name -> text, needing only torch, numpy and transformers."""
+    header = f"# Written by lrt {lrt_version()} (lrt export hf); needs only torch, numpy and transformers.\n"
+    package = resources.files("lrt")
+    files = {f"{name}.py": package.joinpath(f"{name}.py").read_text(encoding="utf-8") for name in CORE_MODULES}
+    files["configuration_lrt.py"] = package.joinpath("integrations/hf_config.py").read_text(encoding="utf-8")
+    modeling = package.joinpath("integrations/hf_model.py").read_text(encoding="utf-8")
+    modeling = modeling.replace("from .hf_config import", "from .configuration_lrt import")
+    files["modeling_lrt.py"] = re.sub(r"^from \.\.(\w+) import", r"from .\1 import", modeling, flags=re.M)
+    return {name: header + text for name, text in files.items()}
+
+
+MODEL_CARD = """---
+library_name: transformers
+tags: [lrt, latent-recurrent-transformer, custom_code]
+---
+# {name}
+
+A Latent Recurrent Transformer (LRT, arXiv 2605.26797) exported by lrt {version}: {described}.
+Each position also receives a memory vector, the normed hidden state of a source layer at the
+position before; decoding is one forward per token with a KV cache plus that vector.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{name}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{name}", trust_remote_code=True)
+batch = tokenizer(["To be"], return_tensors="pt")
+print(tokenizer.decode(model.generate(**batch, max_new_tokens=40)[0], skip_special_tokens=True))
+```
+
+- Window: {window} tokens (`max_position_embeddings`); generation stops there.
+- `model(input_ids)` reads the tokens with exact memory (token by token); `memory=...` in
+  `from_pretrained` changes it (`parallel:interleaved:2`, `fixed-point`, `zero`).
+- Trained for {step} steps (checkpoint {checkpoint}).
+- Needs only torch and transformers; the code files are lrt's own.
+"""
 
 
 def export_hf(run, out: str | Path) -> Path:
@@ -204,22 +125,40 @@ def export_hf(run, out: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty: export into a new folder")
     out.mkdir(parents=True, exist_ok=True)
-    bos = run.tokenizer.bos_id
+    cfg = run.model.config
+    bos, pad, window = run.tokenizer.bos_id, cfg.vocab_size, cfg.sequence_len
     config = LRTHFConfig(
-        lrt=run.model.config.to_dict(),
+        lrt=cfg.to_dict(),
         memory="exact",
-        vocab_size=run.model.config.vocab_size,
+        vocab_size=cfg.vocab_size,
         bos_token_id=bos,
         eos_token_id=bos,
-        pad_token_id=bos,
+        pad_token_id=pad,
         architectures=["LRTForCausalLM"],
         auto_map={"AutoConfig": "configuration_lrt.LRTHFConfig", "AutoModelForCausalLM": "modeling_lrt.LRTForCausalLM"},
+        lrt_version=lrt_version(),
     )
     config.to_json_file(out / "config.json")  # not save_pretrained: it would copy this module's source once loaded
+    GenerationConfig(bos_token_id=bos, eos_token_id=bos, pad_token_id=pad, max_length=window).save_pretrained(out)
     weights = {f"model.{k}": v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     write_tensors(weights, out / "model.safetensors", metadata={"format": "pt"})
-    for name, text in CODE.items():
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out / "model.safetensors", 0o666 & ~umask)  # written through a private temporary file
+    for name, text in code_files().items():
         (out / name).write_text(text)
-    hf_tokenizer(run.tokenizer).save_pretrained(out)
-    (out / "lrt_export.json").write_text(json.dumps({"checkpoint": str(run.path), "step": run.record.get("step")}))
+    hf_tokenizer(run.tokenizer, window).save_pretrained(out)
+    (out / "README.md").write_text(
+        MODEL_CARD.format(
+            name=out.name,
+            version=lrt_version(),
+            described=cfg.describe(),
+            window=window,
+            step=run.record.get("step"),
+            checkpoint=run.path.name,
+        )
+    )
+    (out / "lrt_export.json").write_text(
+        json.dumps({"checkpoint": str(run.path), "step": run.record.get("step"), "lrt_version": lrt_version()})
+    )
     return out

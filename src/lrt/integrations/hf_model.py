@@ -1,0 +1,166 @@
+"""LRT behind transformers' causal-LM interface. `lrt export hf` copies this file into every export
+as modeling_lrt.py, beside copies of lrt's core modules (the model, its attention, memory,
+schedules and decoding), so an export needs only torch and transformers.
+
+The recurrent memory lives in the cache: `LRTCache` (a `DynamicCache`) carries lrt's decoding
+state, every layer's keys and values *and* each row's memory vector, so `generate()` needs no side
+channel, and beam search moves the memory with the beams. A prompt is read with `config.memory`
+(default exact: token by token, what `lrt generate` does), each row on its own positions, so a
+left-padded row reads as it would alone. Generation stops at the model's window.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..config import LRTConfig
+from ..decoding import DecodeState, right_padded, select_rows, state_after, step
+from ..memory import Memory, read
+from ..model import LRT
+from .hf_config import LRTHFConfig
+
+
+class LRTCache(DynamicCache):
+    """generate()'s cache for LRT: lrt's decoding state (keys and values of every layer, each row's
+    memory vector and position). Beam search and batch expansion move the memory with the rows;
+    rolling the cache back (`crop`, used by assisted decoding) would need an old memory that is not
+    kept, and is refused."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.state: DecodeState | None = None
+        self.seen = 0  # input columns consumed (a left-padded prompt's width included)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.state is not None:
+            self.state = select_rows(self.state, indices.to(self.state.pos.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.state is not None:
+            rows = torch.arange(self.state.batch_size, device=self.state.pos.device)
+            self.state = select_rows(self.state, rows.repeat_interleave(repeats))
+
+    def crop(self, max_length: int) -> None:
+        raise ValueError(
+            "an LRT cache cannot be cropped: the memory of an earlier position is not kept "
+            "(assisted and speculative decoding are not supported)"
+        )
+
+    def reset(self) -> None:
+        self.state, self.seen = None, 0
+
+
+class LRTForCausalLM(PreTrainedModel, GenerationMixin):
+    """An lrt model behind transformers' causal-LM interface. forward(input_ids) without a cache
+    reads the tokens with `config.memory` (exact by default); with an LRTCache it continues the
+    recurrence, one forward per token."""
+
+    config_class = LRTHFConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: LRTHFConfig):
+        super().__init__(config)
+        if not config.lrt:
+            raise ValueError("config.json has no 'lrt' section: this folder is not an LRT export (lrt export hf)")
+        self.model = LRT(LRTConfig.from_dict(config.lrt))
+        Memory.parse(config.memory)  # a bad memory fails at load
+        self.post_init()
+
+    def _init_weights(self, module) -> None:
+        """The weights come from the export (or LRT's own init)."""
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # forward makes its own LRTCache on the first call
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' loading, with a clear error where the weights do not match the config."""
+        kwargs["output_loading_info"] = True
+        model, info = super().from_pretrained(*args, **kwargs)
+        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if problems:
+            raise ValueError(f"{args[0] if args else ''}: the weights do not match config.json's LRT ({problems})")
+        return model
+
+    def get_input_embeddings(self):
+        return self.model.wte
+
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """transformers' generate, stopped at the model's window: a request for more new tokens than
+        the window leaves gets what fits (finish reason: length), rather than an error that loses
+        the output."""
+        window = self.model.config.sequence_len
+        width = (inputs if inputs is not None else kwargs["input_ids"]).shape[-1]
+        if width > window:
+            raise ValueError(f"the prompt is {width} tokens wide; the model's window is {window} tokens")
+        config = generation_config if generation_config is not None else self.generation_config
+        asked = kwargs.get("max_new_tokens", config.max_new_tokens)
+        if asked is None:
+            asked = kwargs.get("max_length", config.max_length) - width
+        kwargs["max_new_tokens"] = max(0, min(asked, window - width))
+        kwargs.pop("max_length", None)
+        return super().generate(inputs, generation_config=generation_config, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=True, **kwargs):
+        if cache is not None and cache.state is not None:
+            input_ids = input_ids[:, cache.seen :]  # the tokens generated since the last call
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache, "use_cache": use_cache}
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: LRTCache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        pad = self.config.pad_token_id
+        if attention_mask is None and pad is not None and pad != self.config.bos_token_id:
+            attention_mask = input_ids != pad
+        if pad is not None and pad >= self.model.config.vocab_size:  # <|pad|> is never embedded: a
+            input_ids = input_ids.masked_fill(input_ids == pad, self.config.bos_token_id)  # finished row's filler
+        if cache is not None and cache.state is not None:  # continue the recurrence, a token at a time
+            logits = torch.stack([step(self.model, input_ids[:, i], cache.state) for i in range(input_ids.size(1))], 1)
+            cache.seen += input_ids.size(1)
+        else:
+            logits, state = self._read(input_ids, attention_mask, keep_state=use_cache)
+            if use_cache:
+                cache = cache if cache is not None else LRTCache()
+                cache.state, cache.seen = state, input_ids.size(1)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+
+    def _read(self, input_ids, attention_mask, keep_state: bool):
+        """Logits of every input column: each row's tokens (where the mask is 1, left or right
+        padded) read with config.memory from position 0, as the row alone."""
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        rows = [row[m].tolist() for row, m in zip(input_ids, mask)]
+        if any(not r for r in rows):
+            raise ValueError("every row needs at least one token that the attention mask keeps")
+        window = self.model.config.sequence_len
+        if max(map(len, rows)) > window:
+            raise ValueError(f"a row of {max(map(len, rows))} tokens is longer than the model's window of {window}")
+        reading = read(self.model, right_padded(rows, input_ids.device), Memory.parse(self.config.memory))
+        lengths = torch.tensor([len(r) for r in rows], device=input_ids.device)
+        logits = reading.logits.new_zeros(*input_ids.shape, reading.logits.size(-1))
+        # row b's j-th kept token sits at its j-th kept column
+        cols = torch.cumsum(mask, dim=1) - 1
+        b, t = mask.nonzero(as_tuple=True)
+        logits[b, t] = reading.logits[b, cols[b, t]]
+        state = state_after(self.model, reading, lengths, self.model.config.sequence_len) if keep_state else None
+        return logits, state
