@@ -132,3 +132,30 @@ def test_an_unknown_task_is_one_line(run, capsys):
     assert main(["eval", "harness", str(run), "--tasks", "no_such_task", "--limit", "1"]) == 2
     err = capsys.readouterr().err
     assert "unknown lm-eval task(s): no_such_task" in err and len(err.strip().splitlines()) == 1
+
+
+def test_context_and_continuation_split_as_lm_evals_own_models_split_them(run):
+    """A context's trailing spaces move to the continuation (lm-eval's TemplateLM._encode_pair); an
+    empty continuation scores log 1."""
+    from types import SimpleNamespace
+
+    from lm_eval.api.model import TemplateLM
+
+    lm = LRTLM(str(run))
+    builtin = SimpleNamespace(backend="causal", tok_encode=lm.tokenizer.encode)
+    for context, continuation in [("To be ", "or not"), ("Hello  ", "world"), ("abc", " def"), ("x\n", "y")]:
+        assert lm.split(context, continuation) == TemplateLM._encode_pair(builtin, context, continuation)
+    requests = [
+        Instance("loglikelihood", {}, (c, x), 0) for c, x in [("To be ", "or"), ("To be", " or"), ("To be", "")]
+    ]
+    spaced, plain, empty = lm.loglikelihood(requests)
+    assert spaced == pytest.approx(plain) and empty == (0.0, True)
+
+
+def test_importing_the_integration_keeps_lm_evals_own_models():
+    from lm_eval.api.registry import MODEL_REGISTRY, get_model
+
+    import lrt.integrations.lm_eval  # noqa: F401
+
+    # "hf" is registered (loading its class needs accelerate, which the [eval] extra does not install)
+    assert get_model("lrt") is LRTLM and {"hf", "vllm", "local-completions"} <= set(MODEL_REGISTRY.keys())

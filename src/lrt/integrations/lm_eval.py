@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lm_eval.models  # noqa: F401 - lm-eval's own models, registered before ours (an empty registry would load them later)
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import LM
@@ -85,12 +86,20 @@ class LRTLM(LM):
         return tokens[-(self.window + 1) :], len(continuation)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        rows = []
-        for context, continuation in (r.args for r in requests):
-            whole = self.tokenizer.encode(context + continuation)
-            context_tokens = self.tokenizer.encode(context)
-            rows.append(self._row(context_tokens, whole[len(context_tokens) :]))
-        return self._scores(rows)
+        rows = [self._row(*self.split(context, continuation)) for context, continuation in (r.args for r in requests)]
+        scored = iter(self._scores([row for row in rows if row[1]]))
+        return [next(scored) if n else (0.0, True) for _, n in rows]  # an empty continuation: log 1, and greedy
+
+    def split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Context and continuation tokens as lm-eval's built-in models split them: the context's
+        trailing spaces move to the continuation, and the continuation is what encoding the whole
+        adds to the context's tokens."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self.tokenizer.encode(context + continuation)
+        context_tokens = self.tokenizer.encode(context)
+        return context_tokens, whole[len(context_tokens) :]
 
     def loglikelihood_rolling(self, requests) -> list[float]:
         out = []
