@@ -216,3 +216,71 @@ def test_a_bpe_run_exports_its_tokenizer(tmp_path):
     run = load_run(tmp_path / "run", "cpu")
     text = "the quick brown fox"
     assert tokenizer(text)["input_ids"] == [run.tokenizer.bos_id] + run.tokenizer.encode(text)
+
+
+def test_the_labels_loss_of_a_left_padded_batch_is_its_rows_loss(exported):
+    """labels give the mean next-token loss over the real tokens (read with config.memory): a
+    left-padded row adds nothing for its padding, nor for its first token, which nothing precedes."""
+    model, tokenizer, _ = load(exported)
+    texts = ["To be, or not to be", "O"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        loss = model(**batch, labels=labels).loss
+        alone = [
+            (model(ids := tokenizer(t, return_tensors="pt")["input_ids"], labels=ids).loss, ids.size(1) - 1)
+            for t in texts
+        ]
+    expected = sum(loss_ * n for loss_, n in alone) / sum(n for _, n in alone)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_hidden_states_embeddings_and_gradient_checkpointing(exported):
+    model, tokenizer, _ = load(exported)
+    ids = tokenizer(["To be, or not"], return_tensors="pt")["input_ids"]
+    out = model(ids, output_hidden_states=True)
+    (hidden,) = out.hidden_states
+    assert hidden.shape == (1, ids.size(1), model.model.config.n_embd)
+    assert torch.allclose(model.model.head(hidden), out.logits, atol=1e-5)
+    assert model.get_input_embeddings() is model.model.wte
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        assert model.model.activation_checkpointing == checkpointing
+        model(ids, labels=ids).loss.backward()
+        grads.append(model.model.wte.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_a_lora_adapter_trains_with_transformers_trainer(exported, tmp_path):
+    """PEFT LoRA (query, value, MLP and head projections), a few Trainer steps on CPU, the
+    loss computed with the training schedule's passes (memory=parallel:...): the loss goes down."""
+    peft = pytest.importorskip("peft")
+    pytest.importorskip("accelerate")
+    model, tokenizer, _ = load(exported, memory="parallel:interleaved:2")
+    targets = ["c_q", "c_v", "c_fc", "lm_head"]  # the tiny model trained 3 steps: its attention adds little yet
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=targets, lora_dropout=0.0))
+    encoded = tokenizer(["To be, or not to be, that is the question."] * 8)
+    data = [{"input_ids": ids, "attention_mask": mask, "labels": ids} for ids, mask in zip(*encoded.values())]
+    probe = {k: torch.tensor([v]) for k, v in data[0].items()}
+
+    def loss() -> float:
+        with torch.no_grad():
+            return lora(**probe).loss.item()
+
+    before = loss()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=12,
+        learning_rate=2e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        remove_unused_columns=False,
+    )
+    transformers.Trainer(model=lora, args=args, train_dataset=data).train()
+    assert loss() < before - 0.1
+    assert all(not p.requires_grad for n, p in lora.named_parameters() if "lora_" not in n)

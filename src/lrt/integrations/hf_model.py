@@ -67,6 +67,7 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = LRTHFConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: LRTHFConfig):
         super().__init__(config)
@@ -96,6 +97,14 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
     def get_input_embeddings(self):
         return self.model.wte
 
+    def get_output_embeddings(self):
+        return self.model.lm_head
+
+    def _set_gradient_checkpointing(self, enable: bool = True, **kwargs) -> None:
+        """gradient_checkpointing_enable() (activation_checkpointing_enable()): lrt's own (each block recomputed
+        in the backward pass)."""
+        self.model.activation_checkpointing = enable
+
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """transformers' generate, stopped at the model's window: a request for more new tokens than
         the window leaves gets what fits (finish reason: length), rather than an error that loses
@@ -124,6 +133,7 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
         cache: LRTCache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -132,18 +142,28 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
             attention_mask = input_ids != pad
         if pad is not None and pad >= self.model.config.vocab_size:  # <|pad|> is never embedded: a
             input_ids = input_ids.masked_fill(input_ids == pad, self.config.bos_token_id)  # finished row's filler
+        hidden = None
         if cache is not None and cache.state is not None:  # continue the recurrence, a token at a time
             logits = torch.stack([step(self.model, input_ids[:, i], cache.state) for i in range(input_ids.size(1))], 1)
             cache.seen += input_ids.size(1)
         else:
-            logits, state = self._read(input_ids, attention_mask, keep_state=use_cache)
+            logits, hidden, state = self._read(input_ids, attention_mask, keep_state=use_cache)
             if use_cache:
                 cache = cache if cache is not None else LRTCache()
                 cache.state, cache.seen = state, input_ids.size(1)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+            targets = labels[:, 1:]
+            if attention_mask is not None:  # a token after a masked column has nothing to be predicted from
+                targets = targets.masked_fill(~attention_mask[:, :-1].bool(), -100)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        wants_hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=cache if use_cache else None,
+            hidden_states=(hidden,) if wants_hidden and hidden is not None else None,
+        )
 
     def _read(self, input_ids, attention_mask, keep_state: bool):
         """Logits of every input column: each row's tokens (where the mask is 1, left or right
@@ -157,10 +177,13 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError(f"a row of {max(map(len, rows))} tokens is longer than the model's window of {window}")
         reading = read(self.model, right_padded(rows, input_ids.device), Memory.parse(self.config.memory))
         lengths = torch.tensor([len(r) for r in rows], device=input_ids.device)
-        logits = reading.logits.new_zeros(*input_ids.shape, reading.logits.size(-1))
-        # row b's j-th kept token sits at its j-th kept column
+        # row b's j-th kept token sits at its j-th kept column (masked columns: zeros)
         cols = torch.cumsum(mask, dim=1) - 1
         b, t = mask.nonzero(as_tuple=True)
-        logits[b, t] = reading.logits[b, cols[b, t]]
+        placed = []
+        for values in (reading.logits, reading.output.hidden):
+            out = values.new_zeros(*input_ids.shape, values.size(-1))
+            out[b, t] = values[b, cols[b, t]]
+            placed.append(out)
         state = state_after(self.model, reading, lengths, self.model.config.sequence_len) if keep_state else None
-        return logits, state
+        return placed[0], placed[1], state
