@@ -159,3 +159,24 @@ def test_importing_the_integration_keeps_lm_evals_own_models():
 
     # "hf" is registered (loading its class needs accelerate, which the [eval] extra does not install)
     assert get_model("lrt") is LRTLM and {"hf", "vllm", "local-completions"} <= set(MODEL_REGISTRY.keys())
+
+
+def test_lm_evals_own_hf_model_reads_an_export_as_lrt_does(run, tmp_path):
+    """lm-eval's `hf` model on an exported folder: it knows the window; its loglikelihoods are lrt's;
+    its rolling ones too with add_bos_token=False (the tokenizer puts <|bos|> first itself, and the
+    harness prefixes one more to a rolling window: README, lm-evaluation-harness)."""
+    pytest.importorskip("accelerate")
+    from lm_eval.models.huggingface import HFLM
+
+    assert main(["export", "hf", str(run), str(tmp_path / "export")]) == 0
+    ours = LRTLM(str(run))
+    text = "To be, or not to be, that is the question."
+    pair = [Instance("loglikelihood", {}, ("To be, or not", " to be"), 0)]
+    rolling = [Instance("loglikelihood_rolling", {}, (text,), 0)]
+    default = HFLM(pretrained=str(tmp_path / "export"), trust_remote_code=True, device="cpu", batch_size=2)
+    assert default.max_length == ours.window
+    assert default.loglikelihood(pair)[0][0] == pytest.approx(ours.loglikelihood(pair)[0][0], abs=1e-4)
+    no_bos = HFLM(
+        pretrained=str(tmp_path / "export"), trust_remote_code=True, device="cpu", batch_size=2, add_bos_token=False
+    )
+    assert no_bos.loglikelihood_rolling(rolling)[0] == pytest.approx(ours.loglikelihood_rolling(rolling)[0], abs=1e-3)

@@ -27,7 +27,9 @@ __all__ = ["LRTCache", "LRTForCausalLM", "LRTHFConfig", "export_hf", "hf_tokeniz
 
 # what modeling_lrt.py needs of lrt, closed under their imports (test_integration_hf checks it)
 CORE_MODULES = ("attention", "config", "decoding", "memory", "model", "ponder", "runtime", "schedules")
-PAD = "<|pad|>"  # padding, after the model's vocabulary: never read (a masked column), never embedded
+# padding, one id past the model's vocabulary: never read (a masked column) nor embedded; named in the
+# tokenizer and generation_config.json (config.json's pad_token_id must lie inside the vocabulary)
+PAD = "<|pad|>"
 
 
 # the export ---------------------------------------------------------------------------------------
@@ -133,7 +135,6 @@ def export_hf(run, out: str | Path) -> Path:
         vocab_size=cfg.vocab_size,
         bos_token_id=bos,
         eos_token_id=bos,
-        pad_token_id=pad,
         architectures=["LRTForCausalLM"],
         auto_map={"AutoConfig": "configuration_lrt.LRTHFConfig", "AutoModelForCausalLM": "modeling_lrt.LRTForCausalLM"},
         lrt_version=lrt_version(),

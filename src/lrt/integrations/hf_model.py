@@ -137,11 +137,12 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        pad = self.config.pad_token_id
-        if attention_mask is None and pad is not None and pad != self.config.bos_token_id:
-            attention_mask = input_ids != pad
-        if pad is not None and pad >= self.model.config.vocab_size:  # <|pad|> is never embedded: a
-            input_ids = input_ids.masked_fill(input_ids == pad, self.config.bos_token_id)  # finished row's filler
+        # <|pad|> sits past the vocabulary: a column that holds it is padding (masked), or a finished
+        # row's filler during generation, whose output nobody reads: it is never embedded
+        padding = input_ids >= self.model.config.vocab_size
+        if attention_mask is None and padding.any():
+            attention_mask = ~padding
+        input_ids = input_ids.masked_fill(padding, self.config.bos_token_id)
         hidden = None
         if cache is not None and cache.state is not None:  # continue the recurrence, a token at a time
             logits = torch.stack([step(self.model, input_ids[:, i], cache.state) for i in range(input_ids.size(1))], 1)
