@@ -284,3 +284,11 @@ def test_a_lora_adapter_trains_with_transformers_trainer(exported, tmp_path):
     transformers.Trainer(model=lora, args=args, train_dataset=data).train()
     assert loss() < before - 0.1
     assert all(not p.requires_grad for n, p in lora.named_parameters() if "lora_" not in n)
+
+
+def test_a_text_generation_pipeline_stops_at_the_window(exported):
+    model, tokenizer, run = load(exported)
+    generator = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    options = dict(max_new_tokens=100, do_sample=False, suppress_tokens=[tokenizer.bos_token_id], return_tensors=True)
+    out = generator("x" * 22, **options)
+    assert len(out[0]["generated_token_ids"]) == run.model.config.sequence_len  # <|bos|> + 22 + what fits
