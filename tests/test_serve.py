@@ -225,7 +225,8 @@ def test_other_routes_and_methods_are_json_errors_and_the_page_is_served(server)
         assert json.loads(r.read())["status"] == "ok"
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_row(server, monkeypatch):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_frees_its_row(server, monkeypatch, stream):
     served, url = server
     batcher = served.batcher
     ends = []
@@ -241,10 +242,14 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(server, monkeypatch)
 
     monkeypatch.setattr(batcher.decoder, "step", step)
     conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
-    body = {"model": "run", "prompt": "To be", "max_tokens": 60, "stream": True, "ignore_eos": True}
+    body = {"model": "run", "prompt": "To be", "max_tokens": 60, "stream": stream, "ignore_eos": True}
     conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    assert response.status == 200 and response.readline().startswith(b"data: ")
+    if stream:
+        response = conn.getresponse()
+        assert response.status == 200 and response.readline().startswith(b"data: ")
+    else:  # no answer until the end: leave while it decodes
+        while not batcher.load["running"]:
+            time.sleep(0.02)
     conn.sock.close()  # the client goes away
     conn.close()
     deadline = time.monotonic() + 10

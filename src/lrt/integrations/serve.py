@@ -166,6 +166,8 @@ def create_app(served: Served) -> FastAPI:
                 texts[c.index] += text
         finally:
             cancel(batcher, choices)
+        if any(c.reason is None for c in choices):  # the client went away: nobody reads an answer
+            raise ApiError("the client closed the connection", status=499)
         failed = [c.reason for c in choices if c.reason.startswith("error")]
         if failed:
             raise ApiError(f"decoding failed: {failed[0]}", status=500)
@@ -207,12 +209,15 @@ async def progress(batcher: Batcher, choices: list[Choice], queue, request: Requ
     string ends there (its job is cancelled). A non-streaming request whose client has gone is
     cancelled too (checked every half second)."""
     open_ = len(choices)
+    checked = time.monotonic()
     while open_:
+        if request is not None and time.monotonic() - checked > 0.5:
+            if await request.is_disconnected():
+                return
+            checked = time.monotonic()
         try:
             c, token, finish = await asyncio.wait_for(queue.get(), 0.5)
         except asyncio.TimeoutError:
-            if request is not None and await request.is_disconnected():
-                return
             continue
         if c.reason is not None:
             continue  # ended by a stop string: what its job still sends is dropped
