@@ -292,3 +292,18 @@ def test_a_text_generation_pipeline_stops_at_the_window(exported):
     options = dict(max_new_tokens=100, do_sample=False, suppress_tokens=[tokenizer.bos_token_id], return_tensors=True)
     out = generator("x" * 22, **options)
     assert len(out[0]["generated_token_ids"]) == run.model.config.sequence_len  # <|bos|> + 22 + what fits
+
+
+@pytest.mark.parametrize(
+    "flags", [["--schedule", "jacobi:2"], ["--schedule", "baseline", "--set", "loops=2"]], ids=["ponder", "looped"]
+)
+def test_the_comparators_export_and_generate_what_lrt_generates(tmp_path, flags):
+    assert main([*tiny_train_args(tmp_path / "run", steps=2), *flags]) == 0
+    assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "export")]) == 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", trust_remote_code=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "export", trust_remote_code=True)
+    run = load_run(tmp_path / "run", "cpu")
+    out = model.generate(**tokenizer(["To be"], return_tensors="pt"), max_new_tokens=6, do_sample=False)
+    prompt = [run.tokenizer.bos_id] + run.tokenizer.encode("To be")
+    expected = generate(run.model, [prompt], 6, temperature=0, stop_token=run.tokenizer.bos_id).tokens[0]
+    assert out[0, len(prompt) :].tolist()[: len(expected)] == expected
