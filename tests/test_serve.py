@@ -317,3 +317,15 @@ def test_the_playground_streams_text_in_a_real_browser(server, tmp_path):
     finally:
         browser.quit()
     assert Path(os.environ.get("LRT_SCREENSHOT") or tmp_path / "playground.png").stat().st_size > 10_000
+
+
+def test_an_exported_folder_serves_what_its_run_serves(server, run, tmp_path):
+    pytest.importorskip("transformers")
+    _, url = server
+    assert main(["export", "hf", str(run), str(tmp_path / "export")]) == 0
+    body = {"prompt": "To be", "max_tokens": 12, "temperature": 0}
+    with BackgroundServer(served_run(load_run(tmp_path / "export", "cpu"))) as export_url:
+        status, got = post(export_url, {"model": "export", **body})
+        assert status == 200 and got["model"] == "export"
+        assert post(export_url, {"model": "export", **body, "memory": "parallel"})[0] == 400  # no training schedule
+    assert got["choices"] == post(url, {"model": "run", **body})[1]["choices"]
