@@ -26,14 +26,16 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize(
-    "schedule, optimizer, dtype",
+    "schedule, optimizer, dtype, tables_bf16",
     [
-        ("interleaved:2", "muon", "float32"),
-        ("baseline", "adamw", "bfloat16"),
+        ("interleaved:2", "muon", "float32", False),
+        ("baseline", "adamw", "bfloat16", False),
+        ("interleaved:2", "adamw", "float32", True),  # embedding tables kept in bfloat16
     ],
 )
-def test_resuming_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, schedule, optimizer, dtype):
+def test_resuming_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, schedule, optimizer, dtype, tables_bf16):
     kw = dict(schedule=schedule, optim=OptimConfig(optimizer=optimizer, warmup_steps=2), dtype=dtype)
+    kw["embeddings_bf16"] = tables_bf16
     Trainer(tiny(tmp_path / "a", **kw)).train(progress=False)
 
     original = Trainer.train_step
@@ -54,6 +56,26 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, schedu
     a, b = read_metrics(tmp_path / "a/metrics.jsonl"), read_metrics(tmp_path / "b/metrics.jsonl")
     assert [r["step"] for r in b] == [r["step"] for r in a]  # the crashed step 4 was not logged twice
     assert untimed(b) == untimed(a)  # losses and validation BPBs, bit for bit
+    tables = checkpoint.load_weights(checkpoint.resolve(tmp_path / "b"))["wte.weight"].dtype
+    assert tables == (torch.bfloat16 if tables_bf16 else torch.float32)
+
+
+def test_bf16_embedding_tables_compute_with_their_rounded_values():
+    """embeddings_to_bf16 keeps the tables in bfloat16 and nothing else changes: the model computes
+    what a float32 model with the rounded tables computes, decoding included."""
+    from helpers import random_model, random_tokens, tiny_config
+
+    reference = random_model(tiny_config(sequence_len=16))
+    kept = random_model(tiny_config(sequence_len=16))
+    kept.embeddings_to_bf16()
+    with torch.no_grad():
+        for table in [reference.wte, *reference.value_embeds.values()]:
+            table.weight.copy_(table.weight.bfloat16().float())
+    assert kept.wte.weight.dtype == torch.bfloat16 and kept.lm_head.weight.dtype == torch.float32
+    idx = random_tokens(reference.config, batch=2, length=16)
+    with torch.no_grad():
+        assert torch.equal(kept(idx), reference(idx))
+        assert torch.equal(lrt.decoding.decode(kept, idx), lrt.decoding.decode(reference, idx))
 
 
 def test_cli_train_end_to_end(tmp_path, capsys):

@@ -215,7 +215,7 @@ class Decoder:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
-        weight = model.wte.weight
+        weight = model.lm_head.weight  # the matrices' dtype (the embedding tables may be kept in bfloat16)
         cfg = model.config
         pathway = cfg.injection != "none"  # only LRT carries a memory (PonderLM-2's thoughts live in its cache)
         memory = weight.new_zeros(batch_size, cfg.n_embd) if pathway and not zero_memory else None  # m_0 = 0

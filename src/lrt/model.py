@@ -280,12 +280,19 @@ class LRT(nn.Module):
         return x, norm(source)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """The normed token embeddings: the input of every block stack."""
-        return norm(self.wte(idx))
+        """The normed token embeddings: the input of every block stack (in the dtype of the matrices,
+        where the tables are kept in bfloat16: embeddings_to_bf16)."""
+        return norm(self.wte(idx).to(self.lm_head.weight.dtype))
 
     def value_embeddings(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """The value embeddings of `idx`, by layer."""
-        return {layer: embed(idx) for layer, embed in self.value_embeds.items()}
+        return {layer: embed(idx).to(self.lm_head.weight.dtype) for layer, embed in self.value_embeds.items()}
+
+    def embeddings_to_bf16(self) -> None:
+        """Keep the token and value embedding tables in bfloat16 (nanochat does): half their memory and
+        their optimizer state's, where the tables are most of the parameters (d20: 420M of 503M)."""
+        self.wte.to(torch.bfloat16)
+        self.value_embeds.to(torch.bfloat16)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits with soft-capping, computed in at least float32."""

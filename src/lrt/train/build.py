@@ -213,6 +213,10 @@ def _build_on_rank(cfg: TrainConfig, world: World, device: torch.device, resumed
     model = LRT(config, attention=cfg.attention, activation_checkpointing=cfg.activation_checkpointing, device=device)
     if source is not None:
         init_from.load_initial_weights(model, source[0])
+    if cfg.embeddings_bf16:
+        if mode == "fsdp":  # FSDP2 shards a module's parameters as one dtype: the root would hold two
+            raise ValueError("--embeddings-bf16 does not work with --parallel fsdp yet: use ddp, or leave it off")
+        model.embeddings_to_bf16()
     if cfg.compile:
         compile_model(model)
     saved = None if resumed is None else _read_resumable(cfg, resumed, record, config, device)

@@ -43,6 +43,11 @@ class TrainConfig:
         False,
         "recompute each block in backward instead of keeping its activations (less memory, about a third more compute)",
     )
+    embeddings_bf16: bool = option(
+        False,
+        "keep the token and value embedding tables in bfloat16 (half their memory and their optimizer state's; "
+        "not with --parallel fsdp)",
+    )
     device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ... (under torchrun: the local GPU)")
     parallel: str = option(
         "auto", "under torchrun: ddp (the default) or fsdp (FSDP2, per block then the root)", choices=PARALLEL
