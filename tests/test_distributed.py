@@ -97,11 +97,14 @@ def assert_close(a, b, tol=1e-5):
     assert all(abs(x - y) <= tol * abs(x) for (_, _, x), (_, _, y) in zip(a, b)), (a, b)
 
 
-@pytest.mark.parametrize("schedule", ["baseline", "interleaved:2"])
-def test_ddp_on_two_ranks_trains_what_one_process_trains(data, tmp_path, schedule):
-    one = run(*train_args(data, tmp_path / "one", "--steps", "4", "--batch-size", "4", "--schedule", schedule))
+@pytest.mark.parametrize(
+    "schedule, extra", [("baseline", []), ("interleaved:2", []), ("interleaved:2", ["--embeddings-bf16"])], ids=str
+)
+def test_ddp_on_two_ranks_trains_what_one_process_trains(data, tmp_path, schedule, extra):
+    flags = ["--steps", "4", "--schedule", schedule, *extra]
+    one = run(*train_args(data, tmp_path / "one", "--batch-size", "4", *flags))
     assert one.returncode == 0, one.stderr
-    two = run(*train_args(data, tmp_path / "two", "--steps", "4", "--batch-size", "2", "--schedule", schedule), nproc=2)
+    two = run(*train_args(data, tmp_path / "two", "--batch-size", "2", *flags), nproc=2)
     assert two.returncode == 0, two.stderr
     assert_close(metrics(tmp_path / "two"), metrics(tmp_path / "one"))
     assert "2 process(es), 128 tokens" in two.stderr  # tokens count the whole world's step
@@ -358,6 +361,7 @@ def test_two_ranks_evaluate_what_one_process_evaluates(trained, tmp_path):
         (["--batch-size", "3", "--total-batch-size", str(8 * T)], r"not a multiple of world size 2 x batch size 3"),
         (["--backend", "nccl"], "backend nccl needs GPUs"),
         (["--device", "cuda"], "not available on this machine"),
+        (["--parallel", "fsdp", "--embeddings-bf16"], "does not work with --parallel fsdp"),
     ],
 )
 def test_bad_launches_stop_every_rank_with_one_line(data, tmp_path, extra, match):
