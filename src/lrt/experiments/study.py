@@ -183,7 +183,7 @@ def work(job_path: str) -> int:
     branch forked from its trunk), then score its end."""
     import torch
 
-    from ..train.trainer import Diverged, Trainer
+    from ..train.trainer import Diverged, Interrupted, Trainer
 
     if "LRT_STUDY_PID" in os.environ:
         die_with_parent(int(os.environ["LRT_STUDY_PID"]))
@@ -199,6 +199,8 @@ def work(job_path: str) -> int:
     if not finished:
         try:
             Trainer(cfg, resume=cfg.out if own else job["fork"]).train(progress=False)
+        except (Interrupted, KeyboardInterrupt):  # saved where it could: the study tells them apart by this code
+            return INTERRUPTED
         except Diverged as e:
             if job["info"]["stage"] != "lr_check":
                 raise
@@ -306,7 +308,11 @@ def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
             if differs := job_differences(job):  # planned only now, from the lr_check's choice
                 failures.append(f"{job.path.relative_to(spec.out)}: trained under another spec: {', '.join(differs)}")
                 return
-            if not _launch(spec, job, slot, threads, gpus, children):
+            code = _launch(spec, job, slot, threads, gpus, children)
+            if code == INTERRUPTED:  # the child saved and stopped on Ctrl-C (or SIGTERM): so does the study
+                children.stopping.set()
+                return
+            if code != 0:
                 failures.append(f"{job.path.relative_to(spec.out)}: failed, see {job.path / 'study.log'}")
                 return  # a trunk's branches need the trunk
             bar.update(1)
@@ -318,6 +324,8 @@ def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
             except KeyboardInterrupt:  # before the pool waits for its workers: none may start another run
                 children.interrupt()
                 raise
+        if children.stopping.is_set():  # a child took the Ctrl-C before the study did (one process group)
+            raise KeyboardInterrupt
 
     if waits_for_lr_check(spec):
         pool_run([u for u in spec.units if u.stage == "lr_check"])
@@ -363,8 +371,9 @@ class Children:
 INTERRUPTED = 130
 
 
-def _launch(spec: Spec, job: Job, slot: int, threads: int, gpus: list[int], children: Children) -> bool:
-    """Train and score one job in a child process; whether it succeeded."""
+def _launch(spec: Spec, job: Job, slot: int, threads: int, gpus: list[int], children: Children) -> int:
+    """Train and score one job in a child process; its exit code (0: done, INTERRUPTED: it saved and
+    stopped on a signal)."""
     folder = job.path
     if not checkpoint.list_checkpoints(folder) and folder.exists():
         start_over(folder)  # the study owns its run folders: a run that died before its first save
@@ -393,7 +402,7 @@ def _launch(spec: Spec, job: Job, slot: int, threads: int, gpus: list[int], chil
             "import sys; from lrt.experiments.study import work; sys.exit(work(sys.argv[1]))",
             str(folder / "job.json"),
         ]
-        return children.run(command, env=env, stdout=f, stderr=f) == 0
+        return children.run(command, env=env, stdout=f, stderr=f)
 
 
 # what a child of a killed study has to save and let go of its folder (it was sent SIGTERM)
