@@ -105,6 +105,8 @@ def test_a_spec_is_trunks_and_cooldown_branches(tmp_path):
         ("[study]\nbudgets = [1e9]\n[train]\nmodel = 5\n", "train.model must be a table"),
         ("[study]\nbudgets = [1e9]\n[train]\noptim = 5\n", "train.optim must be a table"),
         ("[study]\nbudgets = [inf]\n", "budgets must be"),
+        ("[study]\nbudgets = [1e9]\n[train]\ninit_from = 5\n", "init_from must be"),
+        ('[study]\nbudgets = [1e9]\n[train]\ninit_from = "nope"\n', "does not exist"),
     ],
 )
 def test_bad_specs_are_one_line(tmp_path, capsys, extra, match):

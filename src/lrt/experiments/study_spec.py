@@ -496,7 +496,8 @@ def _build(path: Path, out: Path, raw: dict) -> Spec:
         Cell(name, COMPARATOR_SCHEDULES[name], VARIANTS[name], {}, arm="baseline")
         for name in (comparators.names if comparators else [])
     ]
-    if train.get("init_from") is not None:  # every run starts from one checkpoint: recorded as its runs record it
+    if isinstance(train.get("init_from"), str) and train["init_from"]:  # every run starts from one checkpoint,
+        # recorded as its runs record it (another type is TrainConfig's one-line error below)
         train["init_from"] = str(checkpoint.resolve(train["init_from"]).resolve())
     probe = cells[0].config(train, out=str(out))
     try:
