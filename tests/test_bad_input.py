@@ -249,6 +249,8 @@ def cases(root):
     serve = ["serve", run]
     for flag, values in {
         "--port": ["0", "70000", "x"],
+        "--host": ["", " "],  # "" binds every interface
+        "--name": ["", "a b"],
         "--max-batch": ["0", "-1"],
         "--max-tokens": ["0"],
         "--threads": ["0", "x"],

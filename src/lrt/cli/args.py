@@ -44,6 +44,8 @@ natural = _typed(int, "an integer >= 0", lambda v: v >= 0)
 row_length = _typed(int, "an integer >= 2", lambda v: v >= 2)
 port_number = _typed(int, "a port from 1 to 65535", lambda v: 1 <= v <= 65535)
 positive_number = _typed(float, "a finite number > 0", lambda v: 0 < v < float("inf"))
+# an empty --host binds every interface and an empty --name names the model "": neither is meant
+word = _typed(str.strip, "a non-empty word", lambda v: v != "" and " " not in v)
 positive_ints = _typed(
     lambda t: [int(x) for x in t.split(",")], "comma-separated positive integers", lambda v: all(x >= 1 for x in v)
 )

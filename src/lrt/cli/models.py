@@ -8,7 +8,7 @@ import sys
 
 from ..memory import MEMORY_SPECS, Memory
 from ..train import distributed
-from .args import Parser, device_and_json, keywords, natural, port_number, positive_int, row_length, write_json
+from .args import Parser, device_and_json, keywords, natural, port_number, positive_int, row_length, word, write_json
 
 
 def memory_of(run, spec: str) -> Memory:
@@ -241,9 +241,9 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("serve", help="an OpenAI-compatible server and a playground page (pip install 'lrt[serve]')")
     p.add_argument("checkpoint", help="a run folder, a checkpoint folder or an exported HF folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--host", type=word, default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=port_number, default=8000)
-    p.add_argument("--name", default=None, help="the model's name in the API (default: the run folder's)")
+    p.add_argument("--name", type=word, default=None, help="the model's name in the API (default: the run folder's)")
     p.add_argument("--max-batch", type=positive_int, default=32, help="requests decoding at once; later ones wait")
     p.add_argument(
         "--max-tokens",
