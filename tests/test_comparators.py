@@ -94,6 +94,10 @@ def test_jacobi_makes_one_more_thought_exact_per_pass_and_reaches_the_exact_recu
         assert rel_err(lrt.read(model, idx, lrt.Memory("parallel", Jacobi(K * (T - 1)))).logits, exact) < 1e-10
         fixed = lrt.read(model, idx, "fixed-point:0")
         assert rel_err(fixed.logits, exact) < 1e-10 and fixed.forwards <= K * T + 1
+        # a pass cap stops the fixed point where Jacobi with as many passes stops
+        capped = lrt.read(model, idx, lrt.Memory("fixed-point", tol=0.0, max_passes=K + 2))
+        assert capped.forwards == K + 2
+        assert torch.equal(capped.logits, lrt.read(model, idx, lrt.Memory("parallel", Jacobi(1))).logits)
 
 
 def test_jacobi_training_gradients_reach_the_exact_recurrences_at_convergence():

@@ -147,8 +147,10 @@ def _ponder(model, idx: torch.Tensor, memory: Memory) -> Reading:
     if memory.mode == "zero":
         raise ValueError("a PonderLM-2 model has no zero memory (its latent thoughts are its recurrence)")
     schedule = {"exact": Sequential(), "parallel": memory.schedule, "fixed-point": Jacobi()}[memory.mode]
-    tol = memory.tol if memory.mode == "fixed-point" else None
-    output, buffer, forwards = run_ponder(model, idx, schedule, tol=tol)
+    fixed = memory.mode == "fixed-point"
+    output, buffer, forwards = run_ponder(
+        model, idx, schedule, tol=memory.tol if fixed else None, max_passes=memory.max_passes if fixed else None
+    )
     return Reading(memory, output, buffer, forwards)
 
 

@@ -45,10 +45,13 @@ def slot_pass(model, idx: torch.Tensor, stages: list[torch.Tensor]) -> tuple[tor
     return h.view(B, T, n, -1), buffer
 
 
-def jacobi(model, idx: torch.Tensor, iterations: int | None, tol: float = 0.0) -> tuple[torch.Tensor, KVBuffer, int]:
+def jacobi(
+    model, idx: torch.Tensor, iterations: int | None, tol: float | None = None
+) -> tuple[torch.Tensor, KVBuffer, int]:
     """PonderLM-2's parallel forward: (B, T, d) hidden states that predict each next token, the
-    final pass's buffer, and the passes run. `iterations` Jacobi passes; None: until the thoughts
-    move by at most `tol` (at most K (T - 1) passes, where they are exact: the fixed point)."""
+    final pass's buffer, and the passes run. At most `iterations` Jacobi passes after the first
+    guesses (None: K (T - 1), where the thoughts are exact: the fixed point), fewer where `tol` is
+    given and the thoughts move by at most it."""
     K = model.config.latent_thoughts
     tokens = model.embed(idx)
     stages, passes = [tokens], 0
@@ -59,7 +62,7 @@ def jacobi(model, idx: torch.Tensor, iterations: int | None, tol: float = 0.0) -
     for _ in range(limit):
         h, _ = slot_pass(model, idx, stages)
         previous, stages, passes = stages, [tokens] + [h[:, :, j] for j in range(K)], passes + 1
-        if iterations is None and max((a - b).abs().max() for a, b in zip(stages[1:], previous[1:])) <= tol:
+        if tol is not None and max((a - b).abs().max() for a, b in zip(stages[1:], previous[1:])) <= tol:
             break
     h, buffer = slot_pass(model, idx, stages)
     return h[:, :, K], buffer, passes + 1
@@ -97,15 +100,22 @@ def run(
     targets: torch.Tensor | None = None,
     return_logits: bool = True,
     tol: float | None = None,
+    max_passes: int | None = None,
 ) -> tuple[ScheduleOutput, KVBuffer, int]:
-    """`schedule` (Jacobi: training; Sequential: exact; Jacobi with `tol`: to the fixed point) as
-    a ScheduleOutput of one pass over every position, with its buffer and forward count."""
+    """`schedule` (Jacobi: training; Sequential: exact; Jacobi with `tol`: to the fixed point, in
+    at most `max_passes` forwards, never fewer than the K first guesses and the final pass) as a
+    ScheduleOutput of one pass over every position, with its buffer and forward count."""
     check_schedule_for(model.config, schedule)
     T = idx.size(1)
     if isinstance(schedule, Sequential):
         h, buffer, forwards = exact(model, idx)
     else:
-        h, buffer, forwards = jacobi(model, idx, None if tol is not None else schedule.iterations, tol or 0.0)
+        K = model.config.latent_thoughts
+        if tol is None:
+            iterations = schedule.iterations
+        else:
+            iterations = None if max_passes is None else max(0, max_passes - K - 1)
+        h, buffer, forwards = jacobi(model, idx, iterations, tol)
     losses = []
     if targets is not None:  # the mean over counted targets, as run_schedule's
         nll = model.head_nll(h, targets)
