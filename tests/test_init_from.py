@@ -34,7 +34,8 @@ def built(cfg):
 
 def test_a_plain_transformer_becomes_an_lrt_that_computes_its_function_at_step_0(runs, tmp_path):
     base = checkpoint.load_run(runs / "base", "cpu").model
-    parts = built(tiny_train_config(tmp_path / "new", init_from=str(runs / "base"), schedule="interleaved:2"))
+    cfg = tiny_train_config(tmp_path / "new", init_from=str(runs / "base"), schedule="interleaved:2")
+    parts = built(cfg)
     model = parts.model
     assert base.config.injection == "none" and model.config.injection == "kv+residual"
     assert any(is_pathway(name) for name in model.state_dict())
@@ -48,6 +49,7 @@ def test_a_plain_transformer_becomes_an_lrt_that_computes_its_function_at_step_0
     loss.backward()
     assert model.mem_kv.weight.grad.abs().sum() > 0
     assert parts.cfg.init_from == str((runs / "base").resolve() / "checkpoints/step_000003")
+    assert cfg.init_from == str(runs / "base")  # the caller's config is left as it was
 
 
 def test_an_lrt_gives_its_backbone_to_a_plain_run(runs, tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
@@ -135,12 +135,13 @@ class RankParts(NamedTuple):
 
 
 def build_run(cfg: TrainConfig, resume: str | None = None) -> RunParts:
-    """The parts of the run `cfg` describes, continuing the checkpoint or run folder `resume`."""
+    """The parts of the run `cfg` describes, continuing the checkpoint or run folder `resume`; the
+    parts' cfg is the one the run records (`cfg` itself is left as it was)."""
     world, device = distributed.setup(cfg.device, cfg.backend)
     folder = RunFolder(Path(cfg.out))
     resumed = None if resume is None else checkpoint.resolve(resume)
     if cfg.init_from is not None and resumed is None:  # the run records the very checkpoint it starts from
-        cfg.init_from = str(checkpoint.resolve(cfg.init_from).resolve())
+        cfg = replace(cfg, init_from=str(checkpoint.resolve(cfg.init_from).resolve()))
     # what each rank reads and builds on its own: a failure anywhere stops every rank
     local = world.agree(lambda: _build_on_rank(cfg, world, device, resumed))
     # wrapping and restoring take collectives, so they come once every rank has its parts

@@ -55,8 +55,8 @@ class Trainer:
     loop over the parts build_run makes."""
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None):
-        self.cfg = cfg
         self.parts = build_run(cfg, resume)
+        self.cfg = self.parts.cfg
         start = self.parts.start  # what the loop advances: from 0, or where the resumed checkpoint left off
         self.step, self.tokens, self.train_time = start.step, start.tokens, start.train_time
         self.finished = start.finished
