@@ -51,6 +51,26 @@ def test_the_harness_receives_lrts_exact_memory_scores(run, task_dir):
             assert response[0][0] == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.parametrize(
+    "flags", [["--schedule", "jacobi:2"], ["--schedule", "baseline", "--set", "loops=2"]], ids=["ponder", "loop-2"]
+)
+def test_the_comparators_scores_are_their_decoding_scores(tmp_path, flags):
+    """PonderLM-2 scored with its exact recurrence (what generation gets), a looped transformer with
+    its only memory: the harness gets what token-by-token decoding gives."""
+    assert main([*tiny_train_args(tmp_path / "run", steps=2), *flags]) == 0
+    lm = LRTLM(str(tmp_path / "run"))
+    with torch.no_grad():  # weights far from the init, where each memory gives other scores
+        for p in lm.model.parameters():
+            p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    tok = lm.tokenizer
+    pairs = [("To be, or not", " to be"), ("Friends, Romans", ", countrymen")]
+    scores = lm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)])
+    for (context, continuation), (score, _) in zip(pairs, scores):
+        tokens = [tok.bos_id] + tok.encode(context + continuation)
+        expected = exact_logprob(lm.model, tokens, len(tok.encode(continuation)))
+        assert score == pytest.approx(expected, abs=1e-4)
+
+
 def test_rolling_loglikelihood_is_the_exact_decoding_nll(run):
     lm = LRTLM(str(run))
     trained = load_run(run, "cpu")
