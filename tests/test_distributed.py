@@ -110,13 +110,19 @@ def test_ddp_on_two_ranks_trains_what_one_process_trains(data, tmp_path, schedul
     assert "2 process(es), 128 tokens" in two.stderr  # tokens count the whole world's step
 
 
-def test_fsdp2_on_two_ranks_trains_what_one_process_trains(data, tmp_path):
-    one = run(*train_args(data, tmp_path / "one", "--steps", "4", "--batch-size", "4"))
-    two = run(*train_args(data, tmp_path / "fsdp", "--steps", "4", "--batch-size", "2", "--parallel", "fsdp"), nproc=2)
-    assert one.returncode == 0 and two.returncode == 0, two.stderr
+@pytest.mark.parametrize("extra", [[], ["--embeddings-bf16"]], ids=str)
+def test_fsdp2_on_two_ranks_trains_what_one_process_trains(data, tmp_path, extra):
+    """bf16 embedding tables beside float32 matrices: FSDP2 shards the tables as units of their own."""
+    one = run(*train_args(data, tmp_path / "one", "--steps", "4", "--batch-size", "4", *extra))
+    two = run(
+        *train_args(data, tmp_path / "fsdp", "--steps", "4", "--batch-size", "2", "--parallel", "fsdp", *extra), nproc=2
+    )
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     assert_close(metrics(tmp_path / "fsdp"), metrics(tmp_path / "one"))
-    weights, _, _ = checkpoint.load_model(tmp_path / "fsdp")  # saved whole, in the single-file layout
-    assert weights.config.n_layer == 2
+    model, _, _ = checkpoint.load_model(tmp_path / "fsdp")  # saved whole, in the single-file layout
+    assert model.config.n_layer == 2
+    tables = {model.wte.weight.dtype, *(e.weight.dtype for e in model.value_embeds.values())}
+    assert tables == {torch.bfloat16 if extra else torch.float32}
 
 
 def test_muon_shared_across_two_ranks_trains_what_one_process_trains(data, tmp_path):
@@ -131,9 +137,10 @@ def test_muon_shared_across_two_ranks_trains_what_one_process_trains(data, tmp_p
         assert_close(metrics(tmp_path / parallel), metrics(tmp_path / "one"), tol=1e-4)
 
 
-def test_fsdp2_in_bfloat16_trains_what_ddp_in_bfloat16_trains(data, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--embeddings-bf16"]], ids=str)
+def test_fsdp2_in_bfloat16_trains_what_ddp_in_bfloat16_trains(data, tmp_path, extra):
     """FSDP2's mixed precision rebuilds each block's inputs to cast them (issue 22, bug 1)."""
-    args = ("--steps", "3", "--batch-size", "2", "--dtype", "bfloat16")
+    args = ("--steps", "3", "--batch-size", "2", "--dtype", "bfloat16", *extra)
     ddp = run(*train_args(data, tmp_path / "ddp", *args), nproc=2)
     fsdp = run(*train_args(data, tmp_path / "fsdp", *args, "--parallel", "fsdp"), nproc=2)
     assert ddp.returncode == 0 and fsdp.returncode == 0, fsdp.stderr[-3000:]
@@ -159,10 +166,10 @@ def test_fsdp2_validates_rows_the_ranks_cannot_share_evenly(data, tmp_path, rows
     assert_close(metrics(tmp_path / "fsdp"), metrics(tmp_path / "one"))
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_a_run_killed_under_torchrun_resumes_to_the_uninterrupted_losses(data, tmp_path, parallel):
+@pytest.mark.parametrize("parallel, extra", [("ddp", []), ("fsdp", []), ("fsdp", ["--embeddings-bf16"])], ids=str)
+def test_a_run_killed_under_torchrun_resumes_to_the_uninterrupted_losses(data, tmp_path, parallel, extra):
     """The optimizer comes back from every rank's shard (checkpoints of torchrun runs are sharded)."""
-    args = ("--steps", "8", "--batch-size", "2", "--save-every", "1", "--keep", "3", "--parallel", parallel)
+    args = ("--steps", "8", "--batch-size", "2", "--save-every", "1", "--keep", "3", "--parallel", parallel, *extra)
     reference = run(*train_args(data, tmp_path / "reference", *args), nproc=2)
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed"
@@ -361,7 +368,6 @@ def test_two_ranks_evaluate_what_one_process_evaluates(trained, tmp_path):
         (["--batch-size", "3", "--total-batch-size", str(8 * T)], r"not a multiple of world size 2 x batch size 3"),
         (["--backend", "nccl"], "backend nccl needs GPUs"),
         (["--device", "cuda"], "not available on this machine"),
-        (["--parallel", "fsdp", "--embeddings-bf16"], "does not work with --parallel fsdp"),
     ],
 )
 def test_bad_launches_stop_every_rank_with_one_line(data, tmp_path, extra, match):

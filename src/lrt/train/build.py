@@ -215,8 +215,6 @@ def _build_on_rank(cfg: TrainConfig, world: World, device: torch.device, resumed
     if source is not None:
         init_from.load_initial_weights(model, source[0])
     if cfg.embeddings_bf16:
-        if mode == "fsdp":  # FSDP2 shards a module's parameters as one dtype: the root would hold two
-            raise ValueError("--embeddings-bf16 does not work with --parallel fsdp yet: use ddp, or leave it off")
         model.embeddings_to_bf16()
     if cfg.compile:
         compile_model(model)

@@ -45,8 +45,7 @@ class TrainConfig:
     )
     embeddings_bf16: bool = option(
         False,
-        "keep the token and value embedding tables in bfloat16 (half their memory and their optimizer state's; "
-        "not with --parallel fsdp)",
+        "keep the token and value embedding tables in bfloat16 (half their memory and their optimizer state's)",
     )
     device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:1, ... (under torchrun: the local GPU)")
     parallel: str = option(

@@ -121,7 +121,8 @@ def parallel_mode(parallel: str, world: World) -> str:
 
 def wrap(model, mode: str, device: torch.device, bf16: bool, unused_parameters: bool):
     """The model as training calls it: itself, DDP(model), or the model with FSDP2 applied in
-    place (each block, then the root; bf16 parameters with float32 gradient reduction with bf16)."""
+    place (bf16 embedding tables, then each block, then the root; bf16 parameters with float32
+    gradient reduction with bf16)."""
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -135,6 +136,11 @@ def wrap(model, mode: str, device: torch.device, bf16: bool, unused_parameters: 
 
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
         kwargs = {"mp_policy": policy} if policy is not None else {}
+        # FSDP2 all-gathers a unit's parameters as one dtype: tables kept in bfloat16
+        # (embeddings_to_bf16) beside float32 matrices become units of their own
+        if model.wte.weight.dtype != model.lm_head.weight.dtype:
+            for table in (model.wte, *model.value_embeds.values()):
+                fully_shard(table, **kwargs)
         for block in model.blocks:
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
