@@ -14,8 +14,8 @@ from helpers import random_model, tiny_config
 from lrt.cli import main
 from lrt.evaluate.bpb import BPBResult
 from lrt.experiments.stats import T_95, T_975, classify, equivalent, interval, paired, verdict
-from lrt.experiments.study_report import Results, decompose, write_report
-from lrt.experiments.study_results import collect, compare_memories, exact_reading, read_results
+from lrt.experiments.study_report import write_report
+from lrt.experiments.study_results import Results, collect, compare_memories, decompose, exact_reading, read_results
 from lrt.experiments.study_spec import load_spec
 
 SPEC = """

@@ -14,80 +14,13 @@ against lrt. Every table states R under both conventions and epochs.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..flops import decode_cost
 from .stats import ABOVE, BELOW, EQUIVALENT, classify, interval, paired, verdict
+from .study_plots import plots
+from .study_results import Results, decoding_bpb, decompose, reach
 from .study_spec import Spec
-
-PLOTS = ("gap_vs_R.png", "decomposition.png", "bpb_vs_R.png", "trunk_curves.png")
-
-
-# reading the records -------------------------------------------------------------------------------
-
-
-def decoding_bpb(record: dict) -> float:
-    """LRT's exact-memory BPB (what generation gets); the baseline's only one, zero memory; inf
-    for a learning-rate check run that diverged."""
-    scored = record["eval"]
-    if "diverged" in scored:
-        return math.inf
-    return scored["exact"] if scored["exact"] is not None else scored["zero"]
-
-
-class Results:
-    """A study's records, looked up by stage, cell and budget label, seed by seed."""
-
-    def __init__(self, spec: Spec, records: list[dict]):
-        self.spec = spec
-        self.records = records
-        self.margin = spec.settings.margin
-
-    def runs(self, stage: str, cell: str, label: str | None = None, kind: str | None = None) -> dict[int, dict]:
-        """seed -> record: a cell's branch with `label`, or (no label) its records of `kind`."""
-        return {
-            r["seed"]: r
-            for r in self.records
-            if r["stage"] == stage
-            and r["cell"] == cell
-            and (label in r["budgets"] if label else r["kind"] == kind)
-            and "eval" in r
-        }
-
-    def bpb(self, stage: str, cell: str, label: str) -> dict[int, float]:
-        return {seed: decoding_bpb(r) for seed, r in self.runs(stage, cell, label).items()}
-
-    def budget_ratios(self, stage: str) -> list[float]:
-        """Each budget of a stage as the R its baseline branch reaches under the study's
-        convention (for a spec given in FLOPs too): read from the spec's jobs, so a budget not
-        run yet still has its row."""
-        base = self.spec.arms["baseline"]
-        found = {}
-        for job in self.spec.jobs:
-            info = job.info
-            if info["stage"] == stage and info["cell"] == "baseline" and info["kind"] == "branch":
-                for label in info["budgets"]:
-                    kind, i = label.split(":")
-                    if kind == "flops":
-                        found[int(i)] = job.steps * base.tokens_per_step / base.params(self.spec.settings.convention)
-        return [found[i] for i in sorted(found)]
-
-    def reach(self, stage: str, cell: str, label: str) -> str:
-        """R (total / scaling) and epochs of a branch, the same for every seed."""
-        runs = self.runs(stage, cell, label)
-        return reach(next(iter(runs.values()))) if runs else "not run yet"
-
-    def compute_ratio(self, record: dict) -> float:
-        """A run's training FLOPs as the R at which the baseline spends them (the budget axis)."""
-        base = self.spec.arms["baseline"]
-        return record["flops"] / (base.params(self.spec.settings.convention) * base.flops_per_token)
-
-
-def reach(record: dict) -> str:
-    epochs = "?" if record["epochs"] is None else f"{record['epochs']:.3g}"
-    return f"{record['R_total']:.3g} / {record['R_scaling']:.3g}, {epochs} ep"
-
 
 # formatting ----------------------------------------------------------------------------------------
 
@@ -334,21 +267,6 @@ def budgets(res: Results) -> list[str]:
         "verdict",
     ]
     return lines + table(header, rows) + [""]
-
-
-def decompose(res: Results, stage: str, i: int) -> dict[str, list[float]]:
-    """Per seed with all three runs: G = baseline(LRT's tokens) - baseline(equal FLOPs), what the
-    baseline's extra compute buys; D = baseline(LRT's tokens) - LRT, LRT's equal-token advantage;
-    and gap = G - D = LRT - baseline(equal FLOPs)."""
-    flops = res.bpb(stage, "baseline", f"flops:{i}")
-    tokens = res.bpb(stage, "baseline", f"tokens:{i}")
-    lrt = res.bpb(stage, "lrt", f"flops:{i}")
-    seeds = sorted(flops.keys() & tokens.keys() & lrt.keys())
-    return {
-        "G": [tokens[s] - flops[s] for s in seeds],
-        "D": [tokens[s] - lrt[s] for s in seeds],
-        "gap": [lrt[s] - flops[s] for s in seeds],
-    }
 
 
 def decomposition(res: Results) -> list[str]:
@@ -702,103 +620,3 @@ def ablations(res: Results) -> list[str]:
             )
     header = ["R", "cell", REACH, "BPB", "cell − lrt (95% CI)", "90% CI", "n", "reading"]
     return lines + table(header, rows) + [""]
-
-
-# plots ---------------------------------------------------------------------------------------------
-
-
-def plots(res: Results) -> list[str]:
-    """The gap against R with its 95% band (main and control), G(R) and D(R), BPB against the
-    budget per arm, and the trunks' validation curves against training FLOPs."""
-    from matplotlib.figure import Figure
-
-    out = res.spec.out
-    stages = ["main"] + ["control"] * (res.spec.control is not None)
-    ticks = sorted({r for stage in stages for r in res.budget_ratios(stage)})
-
-    def band(ax, ratios, values, label):
-        """Mean and 95% band of per-seed values at each R (points with fewer than 2 seeds: no band)."""
-        points = [(r, interval(v)) for r, v in zip(ratios, values) if v]
-        if not points:
-            return
-        x = [r for r, _ in points]
-        mean = [m for _, (m, _, _) in points]
-        line = ax.plot(x, mean, marker="o", label=label)[0]
-        finite = [(r, m, h) for r, (m, _, h) in points if math.isfinite(h)]
-        ax.fill_between(
-            [r for r, _, _ in finite],
-            [m - h for _, m, h in finite],
-            [m + h for _, m, h in finite],
-            color=line.get_color(),
-            alpha=0.2,
-        )
-
-    def axes(title: str, ylabel: str):
-        fig = Figure(figsize=(7, 4.5))
-        ax = fig.subplots()
-        ax.set(
-            xscale="log",
-            xlabel=f"R (tokens per baseline parameter, {res.spec.settings.convention})",
-            ylabel=ylabel,
-            title=title,
-        )
-        ax.set_xticks(ticks, [f"{r:.3g}" for r in ticks])  # the budgets, not log-scale powers of ten
-        ax.minorticks_off()
-        ax.grid(alpha=0.3)
-        return fig, ax
-
-    def save(fig, ax, name: str) -> None:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-
-    fig, ax = axes("LRT − baseline at equal training FLOPs (95% band)", "BPB difference")
-    ax.axhline(0, color="black", lw=0.8)
-    for stage in stages:
-        ratios = res.budget_ratios(stage)
-        gaps = [
-            paired(res.bpb(stage, "lrt", f"flops:{i}"), res.bpb(stage, "baseline", f"flops:{i}"))
-            for i in range(len(ratios))
-        ]
-        band(ax, ratios, gaps, f"{stage} corpus")
-    save(fig, ax, PLOTS[0])
-
-    fig, ax = axes("gap = G − D: the claim holds where D > G", "BPB")
-    ax.axhline(0, color="black", lw=0.8)
-    if res.spec.settings.equal_tokens:
-        ratios = res.budget_ratios("main")
-        parts = [decompose(res, "main", i) for i in range(len(ratios))]
-        band(ax, ratios, [p["G"] for p in parts], "G: what doubling the baseline's compute buys")
-        band(ax, ratios, [p["D"] for p in parts], "D: LRT's equal-token advantage")
-    save(fig, ax, PLOTS[1])
-
-    fig, ax = axes("held-out BPB against training FLOPs (as R of the baseline)", "BPB (LRT: exact memory)")
-    for cell in res.spec.cells:
-        by_x: dict[float, list[float]] = {}
-        for r in res.records:
-            if r["stage"] == "main" and r["cell"] == cell.name and r["kind"] == "branch":
-                by_x.setdefault(res.compute_ratio(r), []).append(decoding_bpb(r))
-        x = sorted(by_x)
-        band(ax, x, [by_x[k] for k in x], cell.name)
-    save(fig, ax, PLOTS[2])
-
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    colors: dict[str, str] = {}  # a cell's seeds share its color and one legend entry
-    for r in res.records:
-        points = [(f, b) for step, f, b in r.get("curve", []) if step > 0]  # step 0 would flatten the curves
-        if r["stage"] != "main" or r["kind"] != "trunk" or not points:
-            continue
-        label = None if r["cell"] in colors else r["cell"]
-        line = ax.plot(*zip(*points), lw=1, alpha=0.7, color=colors.get(r["cell"]), label=label)[0]
-        colors.setdefault(r["cell"], line.get_color())
-    ax.set(
-        xscale="log",
-        xlabel="training FLOPs (all passes)",
-        ylabel="validation BPB (training schedule)",
-        title="the trunks (constant rate), a line per seed",
-    )
-    ax.grid(alpha=0.3)
-    save(fig, ax, PLOTS[3])
-    return list(PLOTS)

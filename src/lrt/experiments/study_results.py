@@ -241,3 +241,83 @@ def summary(values: torch.Tensor) -> dict:
         "std": v.std().item() if v.numel() > 1 else 0.0,
         **{f"q{round(q * 100):02d}": x for q, x in zip(QUANTILES, quantiles)},
     }
+
+
+# reading the records: by stage, cell, budget and seed ---------------------------------------------
+
+
+def decoding_bpb(record: dict) -> float:
+    """LRT's exact-memory BPB (what generation gets); the baseline's only one, zero memory; inf
+    for a learning-rate check run that diverged."""
+    scored = record["eval"]
+    if "diverged" in scored:
+        return math.inf
+    return scored["exact"] if scored["exact"] is not None else scored["zero"]
+
+
+class Results:
+    """A study's records, looked up by stage, cell and budget label, seed by seed."""
+
+    def __init__(self, spec: Spec, records: list[dict]):
+        self.spec = spec
+        self.records = records
+        self.margin = spec.settings.margin
+
+    def runs(self, stage: str, cell: str, label: str | None = None, kind: str | None = None) -> dict[int, dict]:
+        """seed -> record: a cell's branch with `label`, or (no label) its records of `kind`."""
+        return {
+            r["seed"]: r
+            for r in self.records
+            if r["stage"] == stage
+            and r["cell"] == cell
+            and (label in r["budgets"] if label else r["kind"] == kind)
+            and "eval" in r
+        }
+
+    def bpb(self, stage: str, cell: str, label: str) -> dict[int, float]:
+        return {seed: decoding_bpb(r) for seed, r in self.runs(stage, cell, label).items()}
+
+    def budget_ratios(self, stage: str) -> list[float]:
+        """Each budget of a stage as the R its baseline branch reaches under the study's
+        convention (for a spec given in FLOPs too): read from the spec's jobs, so a budget not
+        run yet still has its row."""
+        base = self.spec.arms["baseline"]
+        found = {}
+        for job in self.spec.jobs:
+            info = job.info
+            if info["stage"] == stage and info["cell"] == "baseline" and info["kind"] == "branch":
+                for label in info["budgets"]:
+                    kind, i = label.split(":")
+                    if kind == "flops":
+                        found[int(i)] = job.steps * base.tokens_per_step / base.params(self.spec.settings.convention)
+        return [found[i] for i in sorted(found)]
+
+    def reach(self, stage: str, cell: str, label: str) -> str:
+        """R (total / scaling) and epochs of a branch, the same for every seed."""
+        runs = self.runs(stage, cell, label)
+        return reach(next(iter(runs.values()))) if runs else "not run yet"
+
+    def compute_ratio(self, record: dict) -> float:
+        """A run's training FLOPs as the R at which the baseline spends them (the budget axis)."""
+        base = self.spec.arms["baseline"]
+        return record["flops"] / (base.params(self.spec.settings.convention) * base.flops_per_token)
+
+
+def reach(record: dict) -> str:
+    epochs = "?" if record["epochs"] is None else f"{record['epochs']:.3g}"
+    return f"{record['R_total']:.3g} / {record['R_scaling']:.3g}, {epochs} ep"
+
+
+def decompose(res: Results, stage: str, i: int) -> dict[str, list[float]]:
+    """Per seed with all three runs: G = baseline(LRT's tokens) - baseline(equal FLOPs), what the
+    baseline's extra compute buys; D = baseline(LRT's tokens) - LRT, LRT's equal-token advantage;
+    and gap = G - D = LRT - baseline(equal FLOPs)."""
+    flops = res.bpb(stage, "baseline", f"flops:{i}")
+    tokens = res.bpb(stage, "baseline", f"tokens:{i}")
+    lrt = res.bpb(stage, "lrt", f"flops:{i}")
+    seeds = sorted(flops.keys() & tokens.keys() & lrt.keys())
+    return {
+        "G": [tokens[s] - flops[s] for s in seeds],
+        "D": [tokens[s] - lrt[s] for s in seeds],
+        "gap": [lrt[s] - flops[s] for s in seeds],
+    }
