@@ -330,3 +330,39 @@ def test_comparing_memories_of_two_models():
     assert loss.shape == idx.shape and torch.allclose(
         torch.nn.functional.rms_norm(states, (config.n_embd,)), memory, atol=1e-5
     )
+
+
+# publishing ----------------------------------------------------------------------------------------
+
+
+def test_a_published_study_regenerates_its_report_without_the_runs(tmp_path):
+    spec = fake_study(tmp_path)
+    trunk = next(j for j in spec.jobs if j.info["kind"] == "trunk")
+    train = [{"step": s, "kind": "train", "loss": 3.0, "flops": s * 1e6} for s in range(1, 26)]
+    with open(trunk.path / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in train)
+    (trunk.path / "checkpoints").mkdir()
+    dest = tmp_path / "docs" / "study"
+    assert main(["study", "publish", str(spec.out), "--out", str(dest), "--every", "10"]) == 0
+    text = (spec.out / "report.md").read_text()
+    assert (dest / "report.md").read_text() == text and (dest / "lr_choice.json").is_file()
+    published = dest / "runs" / trunk.path.relative_to(spec.out)
+    kept = [json.loads(line) for line in (published / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in kept if r["kind"] == "train"] == [10, 20, 25]  # thinned, the last kept
+    assert len([r for r in kept if r["kind"] != "train"]) == 3  # every validation and the final record
+    assert not list(dest.rglob("checkpoints")) and (published / "train_config.json").is_file()
+    (dest / "report.md").unlink()
+    shutil.rmtree(spec.out)  # the study itself gone: the published records are enough
+    assert main(["study", "report", str(dest)]) == 0
+    assert (dest / "report.md").read_text() == text
+
+
+def test_publishing_into_a_folder_that_holds_something_is_refused(tmp_path, capsys):
+    spec = fake_study(tmp_path)
+    dest = tmp_path / "docs"
+    dest.mkdir()
+    (dest / "notes.md").write_text("mine")
+    for target in (dest, spec.out / "inside"):
+        assert main(["study", "publish", str(spec.out), "--out", str(target)]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert [p.name for p in dest.iterdir()] == ["notes.md"] and not (spec.out / "report.md").exists()

@@ -144,6 +144,14 @@ def cmd_study_report(args) -> None:
     print(write_report(spec, study_records(spec, bundle=args.bundle)))
 
 
+def cmd_study_publish(args) -> None:
+    from ..experiments.study_publish import publish
+    from ..experiments.study_spec import open_study
+
+    out = publish(open_study(Path(args.dir)), Path(args.out), every=args.every)
+    print(f"published {out}: lrt study report {out} writes its report.md again")
+
+
 def cmd_recipe(args) -> None:
     from ..experiments.recipe import SMOKE, RecipeSettings, format_recipe, run_recipe
 
@@ -267,6 +275,15 @@ def add_commands(sub) -> None:
     st.add_argument("dir", help="the study's folder")
     st.add_argument("--bundle", default=None, help="a CORE bundle: also CORE with exact memory of every branch end")
     st.set_defaults(run=cmd_study_report)
+    st = ssub.add_parser(
+        "publish", help="the report, its records and each run's small files (no checkpoints) in a folder to commit"
+    )
+    st.add_argument("dir", help="the study's folder")
+    st.add_argument("--out", required=True, help="a new (or empty) folder, e.g. docs/study")
+    st.add_argument(
+        "--every", type=positive_int, default=10, help="keep every N-th step's training record (validations: all)"
+    )
+    st.set_defaults(run=cmd_study_publish)
 
     p = sub.add_parser("recipe", help="end-to-end recipes (the paper's pretraining comparison)")
     rsub = p.add_subparsers(dest="recipe", required=True, parser_class=Parser)
