@@ -243,6 +243,8 @@ def test_hidden_states_embeddings_and_gradient_checkpointing(exported):
     assert hidden.shape == (1, ids.size(1), model.model.config.n_embd)
     assert torch.allclose(model.model.head(hidden), out.logits, atol=1e-5)
     assert model.get_input_embeddings() is model.model.wte
+    with pytest.raises(NotImplementedError, match="cannot change its vocabulary"):
+        model.resize_token_embeddings(model.config.vocab_size + 4)
     grads = []
     for checkpointing in (False, True):
         model.zero_grad()

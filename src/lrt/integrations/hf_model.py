@@ -100,6 +100,15 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.model.lm_head
 
+    def resize_token_embeddings(self, *args, **kwargs):
+        """Refused in words: besides the token table and the head, every layer's value-embedding
+        table has a row per token, and <|pad|> is the id one past the vocabulary, which a larger
+        vocabulary would make a real token."""
+        raise NotImplementedError(
+            "an LRT export cannot change its vocabulary (value-embedding tables have a row per token, and "
+            "<|pad|> is the id past the last one): train a run with the tokenizer you need"
+        )
+
     def _set_gradient_checkpointing(self, enable: bool = True, **kwargs) -> None:
         """gradient_checkpointing_enable() (activation_checkpointing_enable()): lrt's own (each block recomputed
         in the backward pass)."""
