@@ -70,6 +70,7 @@ from .study_spec import (
     Unit,
     arm_of,
     branch_point,
+    config_differences,
     corpus_tokens,
     job_differences,
     open_study,
@@ -274,11 +275,17 @@ def extends(spec: Spec, kept: Spec) -> bool:
     """Whether `spec` only adds runs to the study `kept` (a stage such as [comparators], more
     seeds): every job of `kept` is one of its jobs, trained and scored the same way."""
 
-    def key(job: Job):
-        return json.dumps(job.config.to_dict(), sort_keys=True), str(job.fork), job.memories
+    mine = {job.path: job for job in spec.jobs}
 
-    mine = {job.path: key(job) for job in spec.jobs}
-    return all(mine.get(job.path) == key(job) for job in kept.jobs)
+    def same(job: Job) -> bool:  # the same comparison `other_runs` makes of a run's recorded config
+        new = mine.get(job.path)
+        return (
+            new is not None
+            and (str(new.fork), new.memories) == (str(job.fork), job.memories)
+            and not config_differences(new.config, job.config.to_dict(), "spec")
+        )
+
+    return all(same(job) for job in kept.jobs)
 
 
 def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
