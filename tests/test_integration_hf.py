@@ -235,13 +235,43 @@ def test_the_labels_loss_of_a_left_padded_batch_is_its_rows_loss(exported):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_hidden_states_embeddings_and_gradient_checkpointing(exported):
+def test_hidden_states_of_every_layer_under_each_memory(exported):
+    """transformers' layout (the embeddings, then each block's output, the last after the final
+    norm), each position from the pass that computed it last: token by token (exact) and the
+    converged fixed point's full passes must give the same states, and a left-padded row its own."""
+    model, tokenizer, _ = load(exported)
+    model.double()
+    with torch.no_grad():  # weights far from the init, where the memory changes every layer's states
+        for p in model.parameters():
+            p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    batch = tokenizer(["To be, or not", "O"], return_tensors="pt", padding=True)
+    ids, n = batch["input_ids"][:1], model.model.config.n_layer
+
+    def states(memory, **inputs):
+        model.config.memory = memory
+        with torch.no_grad():
+            out = model(**inputs, output_hidden_states=True, use_cache=False)
+        return out.hidden_states, out.logits
+
+    exact, logits = states("exact", input_ids=ids)
+    assert len(exact) == n + 1 and all(h.shape == (1, ids.size(1), model.model.config.n_embd) for h in exact)
+    assert torch.equal(exact[0], model.model.embed(ids))
+    assert torch.allclose(model.model.head(exact[-1]), logits, atol=1e-12)
+    fixed, _ = states("fixed-point:0", input_ids=ids)
+    zero, _ = states("zero", input_ids=ids)
+    for layer in range(1, n + 1):
+        assert torch.allclose(fixed[layer], exact[layer], atol=1e-9)
+        assert not torch.allclose(zero[layer], exact[layer], atol=1e-3)  # the memory reaches every layer
+    padded, _ = states("exact", **batch)
+    width = int(batch["attention_mask"][1].sum())
+    assert all(torch.allclose(p[0], e[0], atol=1e-12) for p, e in zip(padded, exact))
+    short, _ = states("exact", input_ids=batch["input_ids"][1:, -width:])
+    assert all(torch.allclose(p[1, -width:], s[0], atol=1e-12) for p, s in zip(padded, short))
+
+
+def test_embeddings_and_gradient_checkpointing(exported):
     model, tokenizer, _ = load(exported)
     ids = tokenizer(["To be, or not"], return_tensors="pt")["input_ids"]
-    out = model(ids, output_hidden_states=True)
-    (hidden,) = out.hidden_states
-    assert hidden.shape == (1, ids.size(1), model.model.config.n_embd)
-    assert torch.allclose(model.model.head(hidden), out.logits, atol=1e-5)
     assert model.get_input_embeddings() is model.model.wte
     with pytest.raises(NotImplementedError, match="cannot change its vocabulary"):
         model.resize_token_embeddings(model.config.vocab_size + 4)
@@ -305,7 +335,11 @@ def test_the_comparators_export_and_generate_what_lrt_generates(tmp_path, flags)
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", trust_remote_code=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "export", trust_remote_code=True)
     run = load_run(tmp_path / "run", "cpu")
-    out = model.generate(**tokenizer(["To be"], return_tensors="pt"), max_new_tokens=6, do_sample=False)
+    inputs = tokenizer(["To be"], return_tensors="pt")
+    hidden = model(**inputs, output_hidden_states=True).hidden_states  # every pass of a looped stack counts
+    assert len(hidden) == run.model.config.cache_layers + 1
+    assert torch.allclose(run.model.head(hidden[-1]), model(**inputs).logits, atol=1e-5)
+    out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     prompt = [run.tokenizer.bos_id] + run.tokenizer.encode("To be")
     expected = generate(run.model, [prompt], 6, temperature=0, stop_token=run.tokenizer.bos_id).tokens[0]
     assert out[0, len(prompt) :].tolist()[: len(expected)] == expected

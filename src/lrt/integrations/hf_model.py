@@ -11,6 +11,8 @@ left-padded row reads as it would alone. Generation stops at the model's window.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
@@ -20,6 +22,7 @@ from ..config import LRTConfig
 from ..decoding import DecodeState, right_padded, select_rows, state_after, step
 from ..memory import Memory, read
 from ..model import LRT
+from ..schedules import merge_passes
 from .hf_config import LRTHFConfig
 
 
@@ -57,6 +60,35 @@ class LRTCache(DynamicCache):
 
     def reset(self) -> None:
         self.state, self.seen = None, 0
+
+
+class LayerStates:
+    """Every block's input and output while a reading runs (forward hooks, so the model's code is
+    untouched), merged as the reading's final states are: each position from the last call that
+    computed it. A forward_positions call runs the stack's `cache_layers` blocks in order, so the
+    calls group by that count. `states(length)`: the states entering the first block and leaving
+    each block, (B, length, d) each, over buffer positions (PonderLM-2's slots)."""
+
+    def __init__(self, model: LRT):
+        self.model, self.calls = model, []
+
+    def __enter__(self) -> LayerStates:
+        self.handles = [block.register_forward_hook(self.record) for block in self.model.blocks]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def record(self, block, args, output) -> None:
+        x, ctx = args[0], args[3]  # block(x, ve, past, ctx)
+        self.calls.append((ctx.pos, x, output[0]))
+
+    def states(self, length: int) -> list[torch.Tensor]:
+        L = self.model.config.cache_layers
+        groups = [self.calls[i : i + L] for i in range(0, len(self.calls), L)]
+        entering = merge_passes([(g[0][0], g[0][1]) for g in groups], length)
+        return [entering] + [merge_passes([(g[i][0], g[i][2]) for g in groups], length) for i in range(L)]
 
 
 class LRTForCausalLM(PreTrainedModel, GenerationMixin):
@@ -152,12 +184,13 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
         if attention_mask is None and padding.any():
             attention_mask = ~padding
         input_ids = input_ids.masked_fill(padding, self.config.bos_token_id)
+        wants_hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         hidden = None
         if cache is not None and cache.state is not None:  # continue the recurrence, a token at a time
             logits = torch.stack([step(self.model, input_ids[:, i], cache.state) for i in range(input_ids.size(1))], 1)
             cache.seen += input_ids.size(1)
         else:
-            logits, hidden, state = self._read(input_ids, attention_mask, keep_state=use_cache)
+            logits, hidden, state = self._read(input_ids, attention_mask, keep_state=use_cache, layers=wants_hidden)
             if use_cache:
                 cache = cache if cache is not None else LRTCache()
                 cache.state, cache.seen = state, input_ids.size(1)
@@ -167,17 +200,19 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
             if attention_mask is not None:  # a token after a masked column has nothing to be predicted from
                 targets = targets.masked_fill(~attention_mask[:, :-1].bool(), -100)
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        wants_hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=cache if use_cache else None,
-            hidden_states=(hidden,) if wants_hidden and hidden is not None else None,
+            hidden_states=tuple(hidden) if wants_hidden and hidden is not None else None,
         )
 
-    def _read(self, input_ids, attention_mask, keep_state: bool):
+    def _read(self, input_ids, attention_mask, keep_state: bool, layers: bool = False):
         """Logits of every input column: each row's tokens (where the mask is 1, left or right
-        padded) read with config.memory from position 0, as the row alone."""
+        padded) read with config.memory from position 0, as the row alone; with `layers`, the
+        hidden states too, as transformers gives them: the states entering the first block, then
+        leaving each block, the last after the final norm (the ones the head reads); a looped
+        stack's every pass counts; PonderLM-2's are those of the slot that predicts the next token."""
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         rows = [row[m].tolist() for row, m in zip(input_ids, mask)]
         if any(not r for r in rows):
@@ -185,15 +220,22 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
         window = self.model.config.sequence_len
         if max(map(len, rows)) > window:
             raise ValueError(f"a row of {max(map(len, rows))} tokens is longer than the model's window of {window}")
-        reading = read(self.model, right_padded(rows, input_ids.device), Memory.parse(self.config.memory))
+        idx = right_padded(rows, input_ids.device)
+        recorder = LayerStates(self.model)
+        with recorder if layers else contextlib.nullcontext():
+            reading = read(self.model, idx, Memory.parse(self.config.memory))
+        slots = self.model.config.slots
+        hidden = [reading.output.hidden]
+        if layers:  # the final norm's output replaces the last block's, as transformers' models give it
+            hidden = [h[:, slots - 1 :: slots] for h in recorder.states(idx.size(1) * slots)[:-1]] + hidden
         lengths = torch.tensor([len(r) for r in rows], device=input_ids.device)
         # row b's j-th kept token sits at its j-th kept column (masked columns: zeros)
         cols = torch.cumsum(mask, dim=1) - 1
         b, t = mask.nonzero(as_tuple=True)
         placed = []
-        for values in (reading.logits, reading.output.hidden):
+        for values in (reading.logits, *hidden):
             out = values.new_zeros(*input_ids.shape, values.size(-1))
             out[b, t] = values[b, cols[b, t]]
             placed.append(out)
         state = state_after(self.model, reading, lengths, self.model.config.sequence_len) if keep_state else None
-        return placed[0], placed[1], state
+        return placed[0], placed[1:], state
