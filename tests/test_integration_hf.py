@@ -267,6 +267,21 @@ def test_hidden_states_of_every_layer_under_each_memory(exported):
     assert all(torch.allclose(p[0], e[0], atol=1e-12) for p, e in zip(padded, exact))
     short, _ = states("exact", input_ids=batch["input_ids"][1:, -width:])
     assert all(torch.allclose(p[1, -width:], s[0], atol=1e-12) for p, s in zip(padded, short))
+    # generate() asks for them too: each decoding step's states are the read sequence's at its position
+    with torch.no_grad():
+        out = model.generate(
+            **batch,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+        )
+    steps, whole = out.hidden_states, states("exact", input_ids=out.sequences)[0]
+    width = batch["input_ids"].size(1)
+    assert [len(s) for s in steps] == [n + 1] * 4 and torch.allclose(steps[0][-1], whole[-1][:, :width], atol=1e-12)
+    for k in range(1, 4):
+        assert all(torch.allclose(s[:, 0], w[:, width + k - 1], atol=1e-9) for s, w in zip(steps[k], whole))
 
 
 def test_embeddings_and_gradient_checkpointing(exported):

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ..config import LRTConfig
 from ..decoding import DecodeState, right_padded, select_rows, state_after, step
 from ..memory import Memory, read
-from ..model import LRT
+from ..model import LRT, norm
 from ..schedules import merge_passes
 from .hf_config import LRTHFConfig
 
@@ -63,11 +63,10 @@ class LRTCache(DynamicCache):
 
 
 class LayerStates:
-    """Every block's input and output while a reading runs (forward hooks, so the model's code is
-    untouched), merged as the reading's final states are: each position from the last call that
-    computed it. A forward_positions call runs the stack's `cache_layers` blocks in order, so the
-    calls group by that count. `states(length)`: the states entering the first block and leaving
-    each block, (B, length, d) each, over buffer positions (PonderLM-2's slots)."""
+    """Every block's input and output while the model runs (forward hooks, so the model's code is
+    untouched), in transformers' layout: the states entering the first block, then leaving each
+    block, the last after the final norm (the ones the head reads). A forward_positions call runs
+    the stack's `cache_layers` blocks in order, so the calls group by that count."""
 
     def __init__(self, model: LRT):
         self.model, self.calls = model, []
@@ -84,11 +83,19 @@ class LayerStates:
         x, ctx = args[0], args[3]  # block(x, ve, past, ctx)
         self.calls.append((ctx.pos, x, output[0]))
 
-    def states(self, length: int) -> list[torch.Tensor]:
-        L = self.model.config.cache_layers
+    def states(self, length: int | None = None) -> list[torch.Tensor]:
+        """A reading's (B, T, d) states over `length` buffer positions, each position from the
+        last call that computed it, at the slot that predicts each next token (PonderLM-2: the
+        last of a token's slots); or (length None) a decoding step's: its last call's."""
+        L, slots = self.model.config.cache_layers, self.model.config.slots
         groups = [self.calls[i : i + L] for i in range(0, len(self.calls), L)]
-        entering = merge_passes([(g[0][0], g[0][1]) for g in groups], length)
-        return [entering] + [merge_passes([(g[i][0], g[i][2]) for g in groups], length) for i in range(L)]
+        if length is None:
+            layers = [groups[-1][0][1]] + [out for _, _, out in groups[-1]]
+        else:
+            merged = [merge_passes([(g[0][0], g[0][1]) for g in groups], length)]
+            merged += [merge_passes([(g[i][0], g[i][2]) for g in groups], length) for i in range(L)]
+            layers = [h[:, slots - 1 :: slots] for h in merged]
+        return layers[:-1] + [norm(layers[-1])]
 
 
 class LRTForCausalLM(PreTrainedModel, GenerationMixin):
@@ -165,7 +172,10 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=True, **kwargs):
         if cache is not None and cache.state is not None:
             input_ids = input_ids[:, cache.seen :]  # the tokens generated since the last call
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache, "use_cache": use_cache}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache, "use_cache": use_cache}
+        if "output_hidden_states" in kwargs:  # generate(output_hidden_states=True) asks through these
+            inputs["output_hidden_states"] = kwargs["output_hidden_states"]
+        return inputs
 
     def forward(
         self,
@@ -187,7 +197,13 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
         wants_hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         hidden = None
         if cache is not None and cache.state is not None:  # continue the recurrence, a token at a time
-            logits = torch.stack([step(self.model, input_ids[:, i], cache.state) for i in range(input_ids.size(1))], 1)
+            logits, steps = [], []
+            for i in range(input_ids.size(1)):
+                with LayerStates(self.model) if wants_hidden else contextlib.nullcontext() as recorder:
+                    logits.append(step(self.model, input_ids[:, i], cache.state))
+                steps.append(recorder.states() if wants_hidden else None)
+            logits = torch.stack(logits, 1)
+            hidden = [torch.cat(layer, 1) for layer in zip(*steps)] if wants_hidden else None
             cache.seen += input_ids.size(1)
         else:
             logits, hidden, state = self._read(input_ids, attention_mask, keep_state=use_cache, layers=wants_hidden)
@@ -209,10 +225,9 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _read(self, input_ids, attention_mask, keep_state: bool, layers: bool = False):
         """Logits of every input column: each row's tokens (where the mask is 1, left or right
-        padded) read with config.memory from position 0, as the row alone; with `layers`, the
-        hidden states too, as transformers gives them: the states entering the first block, then
-        leaving each block, the last after the final norm (the ones the head reads); a looped
-        stack's every pass counts; PonderLM-2's are those of the slot that predicts the next token."""
+        padded) read with config.memory from position 0, as the row alone, with their hidden
+        states: the final ones, or with `layers` every layer's (LayerStates; a looped stack's every
+        pass counts)."""
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         rows = [row[m].tolist() for row, m in zip(input_ids, mask)]
         if any(not r for r in rows):
@@ -224,10 +239,7 @@ class LRTForCausalLM(PreTrainedModel, GenerationMixin):
         recorder = LayerStates(self.model)
         with recorder if layers else contextlib.nullcontext():
             reading = read(self.model, idx, Memory.parse(self.config.memory))
-        slots = self.model.config.slots
-        hidden = [reading.output.hidden]
-        if layers:  # the final norm's output replaces the last block's, as transformers' models give it
-            hidden = [h[:, slots - 1 :: slots] for h in recorder.states(idx.size(1) * slots)[:-1]] + hidden
+        hidden = recorder.states(idx.size(1) * self.model.config.slots) if layers else [reading.output.hidden]
         lengths = torch.tensor([len(r) for r in rows], device=input_ids.device)
         # row b's j-th kept token sits at its j-th kept column (masked columns: zeros)
         cols = torch.cumsum(mask, dim=1) - 1
