@@ -295,6 +295,8 @@ def test_a_killed_study_resumes_without_redoing_finished_work(tmp_path):
     result = subprocess.run(lrt_study("run", str(spec_path), "--out", str(out), "--jobs", "2"), capture_output=True)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     spec = load_spec(spec_path, out)  # now with each arm's learning rate
+    bar = result.stderr.decode().split("\r")[-1]  # the bar's last state: training FLOPs, then runs
+    assert "study: 100% of training FLOPs" in bar and f"{len(spec.jobs)}/{len(spec.jobs)} runs" in bar
     choice = json.loads((out / "lr_choice.json").read_text())
     assert choice["field"] == "adamw_lr" and set(choice["choice"]) == {"baseline", "lrt"}
     assert all(map(done, spec.jobs))

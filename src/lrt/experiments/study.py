@@ -49,6 +49,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -142,11 +143,8 @@ def describe(spec: Spec) -> str:
         stages.setdefault(job.info["stage"], []).append(job)
     total = 0.0
     for stage, jobs in stages.items():
-        steps = sum(j.steps - (branch_point(j.steps, s.cooldown) if j.fork else 0) for j in jobs)
-        flops = sum(
-            (j.steps - (branch_point(j.steps, s.cooldown) if j.fork else 0)) * arm_of(spec, j).flops_per_step
-            for j in jobs
-        )
+        steps = sum(trained_steps(spec, j) for j in jobs)
+        flops = sum(map(functools.partial(job_flops, spec), jobs))
         total += flops
         lines.append(f"stage {stage}: {len(jobs)} runs, {steps:,} steps, {flops:.3g} training FLOPs")
     if waits_for_lr_check(spec):
@@ -156,6 +154,16 @@ def describe(spec: Spec) -> str:
         )
     lines.append(f"total training FLOPs: {total:.3g}")
     return "\n".join(lines)
+
+
+def trained_steps(spec: Spec, job: Job) -> int:
+    """The steps a job trains itself: a branch starts where its trunk saved."""
+    return job.steps - (branch_point(job.steps, spec.settings.cooldown) if job.fork else 0)
+
+
+def job_flops(spec: Spec, job: Job) -> float:
+    """The training FLOPs a job spends itself (a branch: from its branch point on)."""
+    return trained_steps(spec, job) * arm_of(spec, job).flops_per_step
 
 
 # running ---------------------------------------------------------------------------------------------
@@ -292,15 +300,27 @@ def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
     from tqdm import tqdm
 
     failures: list[str] = []
-    total = len(spec.jobs)
+    # the bar counts training FLOPs, not runs: a study's runs differ in cost a hundredfold (a trunk
+    # and a short branch, PonderLM-2 and the baseline), and an ETA by runs swings with each one
+    cost = functools.partial(job_flops, spec)
+    finished = [job for job in spec.jobs if done(job)]
     bar = tqdm(
-        total=total,
-        initial=sum(map(done, spec.jobs)),
+        total=sum(map(cost, spec.jobs)),
+        initial=sum(map(cost, finished)),
         desc="study",
-        unit="run",
+        bar_format="{desc}: {percentage:3.0f}% of training FLOPs |{bar}| {postfix} [{elapsed}<{remaining}]",
         disable=not progress,
         dynamic_ncols=True,
     )
+    runs, counting = [len(finished)], threading.Lock()
+
+    def count(job: Job) -> None:  # from each worker thread
+        with counting:
+            runs[0] += 1
+            bar.set_postfix_str(f"{runs[0]}/{len(spec.jobs)} runs", refresh=False)
+            bar.update(cost(job))
+
+    bar.set_postfix_str(f"{runs[0]}/{len(spec.jobs)} runs")
     gpus = _gpus()
     threads = max(1, (os.cpu_count() or 1) // jobs)
     children = Children()
@@ -322,7 +342,7 @@ def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
             if code != 0:
                 failures.append(f"{job.path.relative_to(spec.out)}: failed, see {job.path / 'study.log'}")
                 return  # a trunk's branches need the trunk
-            bar.update(1)
+            count(job)
 
     def pool_run(units: list[Unit]) -> None:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
