@@ -235,6 +235,26 @@ def test_the_labels_loss_of_a_left_padded_batch_is_its_rows_loss(exported):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def assert_steps_read_as_the_sequence(model, batch, atol: float) -> None:
+    """generate(output_hidden_states=True): each decoding step's states of every layer are those of
+    a read of the whole generated sequence at that position (the prompt's: the prompt's read)."""
+    with torch.no_grad():
+        out = model.generate(
+            **batch,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+        )
+        whole = model(out.sequences, output_hidden_states=True, use_cache=False).hidden_states
+    width, steps = batch["input_ids"].size(1), out.hidden_states
+    assert [len(s) for s in steps] == [len(whole)] * 4
+    assert all(torch.allclose(s, w[:, :width], atol=atol) for s, w in zip(steps[0], whole))
+    for k in range(1, 4):
+        assert all(torch.allclose(s[:, 0], w[:, width + k - 1], atol=atol) for s, w in zip(steps[k], whole))
+
+
 def test_hidden_states_of_every_layer_under_each_memory(exported):
     """transformers' layout (the embeddings, then each block's output, the last after the final
     norm), each position from the pass that computed it last: token by token (exact) and the
@@ -267,21 +287,7 @@ def test_hidden_states_of_every_layer_under_each_memory(exported):
     assert all(torch.allclose(p[0], e[0], atol=1e-12) for p, e in zip(padded, exact))
     short, _ = states("exact", input_ids=batch["input_ids"][1:, -width:])
     assert all(torch.allclose(p[1, -width:], s[0], atol=1e-12) for p, s in zip(padded, short))
-    # generate() asks for them too: each decoding step's states are the read sequence's at its position
-    with torch.no_grad():
-        out = model.generate(
-            **batch,
-            max_new_tokens=4,
-            min_new_tokens=4,
-            do_sample=False,
-            output_hidden_states=True,
-            return_dict_in_generate=True,
-        )
-    steps, whole = out.hidden_states, states("exact", input_ids=out.sequences)[0]
-    width = batch["input_ids"].size(1)
-    assert [len(s) for s in steps] == [n + 1] * 4 and torch.allclose(steps[0][-1], whole[-1][:, :width], atol=1e-12)
-    for k in range(1, 4):
-        assert all(torch.allclose(s[:, 0], w[:, width + k - 1], atol=1e-9) for s, w in zip(steps[k], whole))
+    assert_steps_read_as_the_sequence(model, batch, atol=1e-9)  # generate() asks for them too
 
 
 def test_embeddings_and_gradient_checkpointing(exported):
@@ -354,6 +360,7 @@ def test_the_comparators_export_and_generate_what_lrt_generates(tmp_path, flags)
     hidden = model(**inputs, output_hidden_states=True).hidden_states  # every pass of a looped stack counts
     assert len(hidden) == run.model.config.cache_layers + 1
     assert torch.allclose(run.model.head(hidden[-1]), model(**inputs).logits, atol=1e-5)
+    assert_steps_read_as_the_sequence(model, inputs, atol=1e-5)  # PonderLM-2: a token's last slot
     out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     prompt = [run.tokenizer.bos_id] + run.tokenizer.encode("To be")
     expected = generate(run.model, [prompt], 6, temperature=0, stop_token=run.tokenizer.bos_id).tokens[0]
