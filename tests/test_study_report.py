@@ -366,3 +366,32 @@ def test_publishing_into_a_folder_that_holds_something_is_refused(tmp_path, caps
         assert main(["study", "publish", str(spec.out), "--out", str(target)]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert [p.name for p in dest.iterdir()] == ["notes.md"] and not (spec.out / "report.md").exists()
+
+
+# status --------------------------------------------------------------------------------------------
+
+
+def test_status_counts_runs_and_flops_and_names_the_runs_under_way(tmp_path, capsys):
+    import os
+
+    from lrt.experiments.study import job_flops
+
+    spec = fake_study(tmp_path)
+    trunks = [j for j in spec.jobs if j.info["kind"] == "trunk"]  # validated, never checkpointed: not finished
+    (trunks[0].path / ".lock").write_text(str(os.getpid()))  # a live process holds it
+    (trunks[1].path / ".lock").write_text("999999999")  # no such process
+    branch = next(j for j in spec.jobs if j.info["kind"] == "branch")
+    train = [{"step": s, "kind": "train", "flops": s * 2e6, "time": s * 0.5} for s in (1, 11)]  # 4e6 FLOP/s
+    (branch.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    assert main(["study", "status", str(spec.out)]) == 0
+    out = capsys.readouterr().out
+    total = sum(job_flops(spec, j) for j in spec.jobs)
+    rest = sum(job_flops(spec, j) for j in trunks)
+    finished = len(spec.jobs) - len(trunks)
+    assert f"{finished} of {len(spec.jobs)} runs finished, {1 - rest / total:.0%} of {total:.3g}" in out
+    main_jobs = [j for j in spec.jobs if j.info["stage"] == "main"]
+    main_trunks = [j for j in trunks if j.info["stage"] == "main"]
+    assert f"{len(main_jobs) - len(main_trunks)}/{len(main_jobs)}" in out
+    assert f"{trunks[0].path.relative_to(spec.out)}: step 0 of {trunks[0].steps}, running (pid {os.getpid()})" in out
+    assert f"{trunks[1].path.relative_to(spec.out)}: step 0 of {trunks[1].steps}, not running" in out
+    assert f"about {rest / 4e6 / 3600:.1f} run-hours at the 4e+06 FLOP/s" in out

@@ -144,6 +144,13 @@ def cmd_study_report(args) -> None:
     print(write_report(spec, study_records(spec, bundle=args.bundle)))
 
 
+def cmd_study_status(args) -> None:
+    from ..experiments.study import status
+    from ..experiments.study_spec import open_study
+
+    print(status(open_study(Path(args.dir))))
+
+
 def cmd_study_publish(args) -> None:
     from ..experiments.study_publish import publish
     from ..experiments.study_spec import open_study
@@ -275,6 +282,9 @@ def add_commands(sub) -> None:
     st.add_argument("dir", help="the study's folder")
     st.add_argument("--bundle", default=None, help="a CORE bundle: also CORE with exact memory of every branch end")
     st.set_defaults(run=cmd_study_report)
+    st = ssub.add_parser("status", help="runs and training FLOPs done per stage, runs under way, the rest's cost")
+    st.add_argument("dir", help="the study's folder")
+    st.set_defaults(run=cmd_study_status)
     st = ssub.add_parser(
         "publish", help="the report, its records and each run's small files (no checkpoints) in a folder to commit"
     )

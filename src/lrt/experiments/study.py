@@ -63,6 +63,7 @@ from pathlib import Path
 
 from ..train import checkpoint
 from ..train.config import TrainConfig
+from ..train.curves import read_metrics
 from ..train.run_folder import RunFolder
 from .study_spec import (
     ARMS,
@@ -164,6 +165,70 @@ def trained_steps(spec: Spec, job: Job) -> int:
 def job_flops(spec: Spec, job: Job) -> float:
     """The training FLOPs a job spends itself (a branch: from its branch point on)."""
     return trained_steps(spec, job) * arm_of(spec, job).flops_per_step
+
+
+# where a study stands ------------------------------------------------------------------------------
+
+
+def status(spec: Spec) -> str:
+    """What `lrt study status` prints: per stage the runs and training FLOPs done, the runs started
+    and not finished (running now, or to be resumed), and the rest's cost at the training rate the
+    finished runs measured."""
+    by_stage: dict[str, list[Job]] = {}
+    for job in spec.jobs:
+        by_stage.setdefault(job.info["stage"], []).append(job)
+    finished = {job.path for job in spec.jobs if done(job)}
+    total = sum(job_flops(spec, job) for job in spec.jobs)
+    spent = sum(job_flops(spec, job) for job in spec.jobs if job.path in finished)
+    lines = [
+        f"study {spec.name} ({spec.out}): {len(finished)} of {len(spec.jobs)} runs finished, "
+        f"{spent / total:.0%} of {total:.3g} training FLOPs",
+        f"{'stage':<14}{'runs':>9}{'training FLOPs':>24}",
+    ]
+    for stage, jobs in by_stage.items():
+        ended = [job for job in jobs if job.path in finished]
+        flops = f"{sum(job_flops(spec, j) for j in ended):.3g} / {sum(job_flops(spec, j) for j in jobs):.3g}"
+        lines.append(f"{stage:<14}{f'{len(ended)}/{len(jobs)}':>9}{flops:>24}")
+    started = [job for job in spec.jobs if job.path not in finished and (job.path / "metrics.jsonl").is_file()]
+    if started:
+        lines.append("started, not finished:")
+    for job in started:
+        steps = [r["step"] for r in read_metrics(job.path / "metrics.jsonl") if r["kind"] == "train"]
+        pid = running_pid(job.path)
+        state = f"running (pid {pid})" if pid else "not running: resumes where it last saved"
+        lines.append(f"  {job.path.relative_to(spec.out)}: step {max(steps, default=0)} of {job.steps}, {state}")
+    rate = training_rate([job for job in spec.jobs if job.path in finished])
+    if rate and spent < total:
+        hours = (total - spent) / rate / 3600
+        lines.append(
+            f"the rest: {total - spent:.3g} training FLOPs, about {hours:.1f} run-hours at the {rate:.3g} FLOP/s "
+            "a run trained at so far (evaluation not counted; --jobs N runs N at once)"
+        )
+    return "\n".join(lines)
+
+
+def running_pid(folder: Path) -> int | None:
+    """The pid a run folder's lock names, where that process lives (a lock is only read here:
+    taking it, even briefly, could make a training that starts at that moment fail)."""
+    try:
+        pid = int((folder / ".lock").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def training_rate(jobs: list[Job]) -> float | None:
+    """Training FLOPs per second of wall time over the training records of `jobs`."""
+    flops = seconds = 0.0
+    for job in jobs:
+        if not (job.path / "metrics.jsonl").is_file():
+            continue
+        records = [r for r in read_metrics(job.path / "metrics.jsonl") if r["kind"] == "train" and "time" in r]
+        if len(records) >= 2:
+            flops += records[-1]["flops"] - records[0]["flops"]
+            seconds += records[-1]["time"] - records[0]["time"]
+    return flops / seconds if seconds > 0 else None
 
 
 # running ---------------------------------------------------------------------------------------------
