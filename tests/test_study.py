@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -428,3 +429,50 @@ def test_a_study_can_start_every_run_from_one_checkpoint(tmp_path):
     assert {arm.config.n_embd for arm in spec.arms.values()} == {64}  # tiny's, the checkpoint's
     assert spec.arms["lrt"].config.injection == "kv+residual" and spec.arms["baseline"].config.injection == "none"
     assert {job.config.init_from for job in spec.jobs} == {str(source)}
+
+
+def test_a_restored_study_continues_without_training_its_finished_runs_again(tmp_path, capsys):
+    """`lrt study restore` of a published study: nothing is trained again (its trunks' checkpoints
+    were not published, and no branch needs them); a branch deleted since is trained again from a
+    trunk trained again, to the score it had."""
+    spec_path = tmp_path / "one.toml"
+    spec_path.write_text(TINY.format(extra="").replace("seeds = [0, 1]", "seeds = [0]"))
+    assert main(["study", "run", str(spec_path), "--out", str(tmp_path / "study")]) == 0
+    assert main(["study", "publish", str(tmp_path / "study"), "--out", str(tmp_path / "published")]) == 0
+    out = tmp_path / "restored"
+    assert main(["study", "restore", str(tmp_path / "published"), "--out", str(out)]) == 0
+    spec = load_spec(out / "spec.toml", out)
+    assert not list(out.rglob("checkpoints")) and "100% of" in status_line(spec)
+    before = digest(out)
+    assert main(["study", "run", str(out / "spec.toml"), "--out", str(out)]) == 0
+    assert {p: h for p, h in digest(out).items() if ".lock" not in p} == before  # nothing ran
+
+    branch = next(j for j in spec.jobs if j.fork and j.info["cell"] == "lrt")
+    score = json.loads((branch.path / "eval.json").read_text())
+    score.pop("train_time")
+    shutil.rmtree(branch.path)
+    assert main(["study", "run", str(out / "spec.toml"), "--out", str(out)]) == 0
+    trained = {p.parent.relative_to(out) for p in out.rglob("checkpoints")}
+    assert trained == {branch.path.relative_to(out), branch.fork.parent.parent.relative_to(out)}
+    again = json.loads((branch.path / "eval.json").read_text())
+    assert again.pop("train_time") > 0 and again == score
+    capsys.readouterr()
+
+
+def status_line(spec) -> str:
+    from lrt.experiments.study import status
+
+    return status(spec).splitlines()[0]
+
+
+def test_restoring_what_is_not_a_published_study_or_into_a_used_folder_is_one_line(tmp_path, capsys):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.md").write_text("mine")
+    (tmp_path / "published" / "runs").mkdir(parents=True)
+    (tmp_path / "published" / "spec.toml").write_text(TINY.format(extra=""))
+    for published, out in ((tmp_path / "nothing", tmp_path / "new"), (tmp_path / "published", used)):
+        assert main(["study", "restore", str(published), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert [p.name for p in used.iterdir()] == ["notes.md"] and not (tmp_path / "new").exists()

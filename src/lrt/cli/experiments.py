@@ -159,6 +159,13 @@ def cmd_study_publish(args) -> None:
     print(f"published {out}: lrt study report {out} writes its report.md again")
 
 
+def cmd_study_restore(args) -> None:
+    from ..experiments.study_publish import restore
+
+    out = restore(Path(args.published), Path(args.out))
+    print(f"restored {out}: lrt study run {out / 'spec.toml'} --out {out} continues it")
+
+
 def cmd_recipe(args) -> None:
     from ..experiments.recipe import SMOKE, RecipeSettings, format_recipe, run_recipe
 
@@ -294,6 +301,12 @@ def add_commands(sub) -> None:
         "--every", type=positive_int, default=10, help="keep every N-th step's training record (validations: all)"
     )
     st.set_defaults(run=cmd_study_publish)
+    st = ssub.add_parser(
+        "restore", help="a published study as a study folder again, for lrt study run to continue (more seeds)"
+    )
+    st.add_argument("published", help="a folder lrt study publish wrote, e.g. docs/study")
+    st.add_argument("--out", required=True, help="a new (or empty) folder for the study")
+    st.set_defaults(run=cmd_study_restore)
 
     p = sub.add_parser("recipe", help="end-to-end recipes (the paper's pretraining comparison)")
     rsub = p.add_subparsers(dest="recipe", required=True, parser_class=Parser)

@@ -177,7 +177,7 @@ def status(spec: Spec) -> str:
     by_stage: dict[str, list[Job]] = {}
     for job in spec.jobs:
         by_stage.setdefault(job.info["stage"], []).append(job)
-    finished = {job.path for job in spec.jobs if done(job)}
+    finished = {job.path for job in spec.jobs} - {job.path for unit in spec.units for job in to_run(unit)}
     total = sum(job_flops(spec, job) for job in spec.jobs)
     spent = sum(job_flops(spec, job) for job in spec.jobs if job.path in finished)
     lines = [
@@ -250,6 +250,14 @@ def done(job: Job) -> bool:
         return False
     record = checkpoint.read_record(found[-1])
     return bool(record.get("final")) and record["step"] >= job.steps
+
+
+def to_run(unit: Unit) -> list[Job]:
+    """The jobs of a unit still to train, in order: those not done, except a trunk whose branches
+    are all scored. Such a trunk trained once; a study restored from its published folder (`lrt
+    study restore`) has its curve but not its checkpoints, and needs none of them."""
+    left = [job for job in unit.jobs if not done(job)]
+    return left if any(job.memories for job in left) else []
 
 
 def work(job_path: str) -> int:
@@ -368,7 +376,8 @@ def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
     # the bar counts training FLOPs, not runs: a study's runs differ in cost a hundredfold (a trunk
     # and a short branch, PonderLM-2 and the baseline), and an ETA by runs swings with each one
     cost = functools.partial(job_flops, spec)
-    finished = [job for job in spec.jobs if done(job)]
+    left = {job.path for unit in spec.units for job in to_run(unit)}
+    finished = [job for job in spec.jobs if job.path not in left]
     bar = tqdm(
         total=sum(map(cost, spec.jobs)),
         initial=sum(map(cost, finished)),
@@ -392,9 +401,7 @@ def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
 
     def one(slot_unit):
         slot, unit = slot_unit
-        for job in unit.jobs:
-            if done(job):
-                continue
+        for job in to_run(unit):
             if children.stopping.is_set():
                 return
             if differs := job_differences(job):  # planned only now, from the lr_check's choice
@@ -427,7 +434,7 @@ def _run(spec: Spec, jobs: int, progress: bool) -> list[str]:
         choice = choose_lr(spec)
         (spec.out / "lr_choice.json").write_text(json.dumps(choice, indent=1))
         spec.units = plan_units(spec, choice["choice"])
-    pool_run([u for u in spec.units if not all(map(done, u.jobs))])
+    pool_run([u for u in spec.units if to_run(u)])
     bar.close()
     return failures
 

@@ -5,7 +5,7 @@ report itself (report.md and its plots), and under runs/ every run's eval.json, 
 and metrics.jsonl with the training records thinned to every `every`-th step (validations and
 the final record all kept). Checkpoints stay behind. The run files sit under runs/, not at the
 runs' own paths, so `lrt study report` on the folder reads results.jsonl rather than collecting
-again from runs it no longer has whole.
+again from runs it no longer has whole. `lrt study restore` puts them back at their paths.
 """
 
 from __future__ import annotations
@@ -47,6 +47,28 @@ def publish(spec: Spec, dest: Path, every: int = 10) -> Path:
         dest.rmdir()  # empty, checked above
     staging.rename(dest)
     return dest
+
+
+def restore(published: Path, out: Path) -> Path:
+    """A published study as a study folder again, each run's files at its own path, for `lrt study
+    run` to continue on another machine: more seeds or stages, or a run whose folder was deleted.
+    Its scored runs count as done; a trunk trains again only where one of its branches is still to
+    run (`study.to_run`), since its checkpoints were not published."""
+    published, out = Path(published), Path(out)
+    if not (published / "spec.toml").is_file() or not (published / "runs").is_dir():
+        raise ValueError(f"{published} is not a published study (no spec.toml and runs/ in it): see lrt study publish")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder: restore into a new one (nothing was changed)")
+    staging = out.parent / f".{out.name}.restoring"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(published / "runs", staging)
+    for name in ("spec.toml", "lr_choice.json"):
+        if (published / name).is_file():
+            shutil.copy2(published / name, staging / name)
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    staging.rename(out)
+    return out
 
 
 def copy_run(src: Path, dest: Path, every: int) -> None:
