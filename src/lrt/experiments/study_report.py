@@ -395,34 +395,56 @@ def lr_check(res: Results) -> list[str]:
 def control(res: Results) -> list[str]:
     if res.spec.control is None:
         return []
+    seeds = res.spec.control.seeds
     lines = [
         "## Repetition: the main corpus against the control corpus",
         "",
-        f"Control corpus: {corpus_name(res.spec, 'control')}. At the same R, the gap LRT − baseline at equal FLOPs "
-        "on each corpus: repeated tokens are worth less, and at equal FLOPs the baseline repeats about twice as "
-        "often as LRT (the epochs say how often each arm reads its corpus).",
+        f"Control corpus: {corpus_name(res.spec, 'control')}. At the same R and the control's seeds "
+        f"({', '.join(map(str, seeds))}), the gap LRT − baseline at equal FLOPs on each corpus, and its parts G "
+        "and D: repeated tokens are worth less, and at equal FLOPs the baseline repeats about twice as often as "
+        "LRT (the epochs say how often each arm reads its corpus). The last row of each R is the gap on the "
+        "control corpus minus the gap on the main corpus, seed by seed: what repetition did to the gap.",
         "",
     ]
     main = {round(r, 6): i for i, r in enumerate(res.budget_ratios("main"))}
     rows = []
     for j, ratio in enumerate(res.budget_ratios("control")):
-        for stage, i in (("main", main.get(round(ratio, 6))), ("control", j)):
+        budgets = {"main": main.get(round(ratio, 6)), "control": j}
+        gap = {}
+        for stage, i in budgets.items():
             if i is None:
-                rows.append([f"{ratio:.3g}", stage, "not a main budget", "-", "-", "-", "-"])
+                rows.append([f"{ratio:.3g}", stage, "not a main budget", "-", "-", "-", "-", "-", "-"])
                 continue
-            diffs = paired(res.bpb(stage, "lrt", f"flops:{i}"), res.bpb(stage, "baseline", f"flops:{i}"))
+            lrt, baseline = (res.bpb(stage, cell, f"flops:{i}") for cell in ("lrt", "baseline"))
+            gap[stage] = {seed: lrt[seed] - baseline[seed] for seed in seeds if seed in lrt and seed in baseline}
+            gaps, parts = list(gap[stage].values()), decompose(res, stage, i, seeds)
             rows.append(
                 [
                     f"{ratio:.3g}",
                     stage,
                     res.reach(stage, "baseline", f"flops:{i}"),
                     res.reach(stage, "lrt", f"flops:{i}"),
-                    diff_ci(diffs),
-                    str(len(diffs)),
-                    verdict(diffs, res.margin) if diffs else "not run yet",
+                    diff_ci(gaps),
+                    diff_ci(parts["G"]),
+                    diff_ci(parts["D"]),
+                    str(len(gaps)),
+                    verdict(gaps, res.margin) if gaps else "not run yet",
                 ]
             )
-    header = ["R", "corpus", f"baseline: {REACH}", f"LRT: {REACH}", "LRT − baseline (95% CI)", "n", "verdict"]
+        if len(gap) == 2:
+            moved = paired(gap["control"], gap["main"])
+            rows.append([f"{ratio:.3g}", "control − main", "", "", diff_ci(moved), "", "", str(len(moved)), ""])
+    header = [
+        "R",
+        "corpus",
+        f"baseline: {REACH}",
+        f"LRT: {REACH}",
+        "gap: LRT − baseline (95% CI)",
+        "G (95% CI)",
+        "D (95% CI)",
+        "n",
+        "verdict",
+    ]
     return lines + table(header, rows) + [""]
 
 

@@ -308,14 +308,14 @@ def reach(record: dict) -> str:
     return f"{record['R_total']:.3g} / {record['R_scaling']:.3g}, {epochs} ep"
 
 
-def decompose(res: Results, stage: str, i: int) -> dict[str, list[float]]:
-    """Per seed with all three runs: G = baseline(LRT's tokens) - baseline(equal FLOPs), what the
-    baseline's extra compute buys; D = baseline(LRT's tokens) - LRT, LRT's equal-token advantage;
-    and gap = G - D = LRT - baseline(equal FLOPs)."""
+def decompose(res: Results, stage: str, i: int, seeds: list[int] | None = None) -> dict[str, list[float]]:
+    """Per seed with all three runs (of `seeds`, where given): G = baseline(LRT's tokens) -
+    baseline(equal FLOPs), what the baseline's extra compute buys; D = baseline(LRT's tokens) - LRT,
+    LRT's equal-token advantage; and gap = G - D = LRT - baseline(equal FLOPs)."""
     flops = res.bpb(stage, "baseline", f"flops:{i}")
     tokens = res.bpb(stage, "baseline", f"tokens:{i}")
     lrt = res.bpb(stage, "lrt", f"flops:{i}")
-    seeds = sorted(flops.keys() & tokens.keys() & lrt.keys())
+    seeds = sorted(flops.keys() & tokens.keys() & lrt.keys() & set(flops if seeds is None else seeds))
     return {
         "G": [tokens[s] - flops[s] for s in seeds],
         "D": [tokens[s] - lrt[s] for s in seeds],
