@@ -82,6 +82,25 @@ LR_BPB = {("baseline", 0.004): 2.1, ("baseline", 0.008): 2.2, ("lrt", 0.004): 2.
 CHOICE = {"baseline": 0.004, "lrt": 0.008}
 
 
+COMPARISON = {  # a referee comparison, computed from checkpoints the fake runs do not have
+    "stage": "referee",
+    "kind": "comparison",
+    "seed": 0,
+    "cell": "interleaved:2",
+    "reference": "sequential",
+    "rows": 64,
+    "seq_len": 16,
+    **{
+        name: {"mean": m, "std": 0.1, "q05": m - 0.1, "q25": m, "q50": m, "q75": m, "q95": m + 0.1}
+        for name, m in (("loss_diff", 0.012), ("cosine", 0.87))
+    },
+    "state_norm": {
+        s: {"mean": 5.0, "std": 1.0, "q05": 4, "q25": 4.5, "q50": 5, "q75": 5.5, "q95": 6}
+        for s in ("sequential", "interleaved:2")
+    },
+}
+
+
 def bpb(stage, cell, label, seed):
     wobble = WOBBLE[seed] * (cell != "baseline")
     return TRUE[(stage, cell, label)] + SHIFT[seed] + wobble
@@ -225,24 +244,7 @@ def test_records_hold_what_the_report_needs(tmp_path):
 def test_the_report_states_r_epochs_and_verdicts_and_regenerates_from_results_alone(tmp_path):
     spec = fake_study(tmp_path)
     out = spec.out
-    comparison = {  # computed from checkpoints the fake runs do not have: kept from results.jsonl
-        "stage": "referee",
-        "kind": "comparison",
-        "seed": 0,
-        "cell": "interleaved:2",
-        "reference": "sequential",
-        "rows": 64,
-        "seq_len": 16,
-        **{
-            name: {"mean": m, "std": 0.1, "q05": m - 0.1, "q25": m, "q50": m, "q75": m, "q95": m + 0.1}
-            for name, m in (("loss_diff", 0.012), ("cosine", 0.87))
-        },
-        "state_norm": {
-            s: {"mean": 5.0, "std": 1.0, "q05": 4, "q25": 4.5, "q50": 5, "q75": 5.5, "q95": 6}
-            for s in ("sequential", "interleaved:2")
-        },
-    }
-    (out / "results.jsonl").write_text(json.dumps(comparison) + "\n")
+    (out / "results.jsonl").write_text(json.dumps(COMPARISON) + "\n")  # computed from checkpoints
     assert main(["study", "report", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "R total / scaling, epochs" in text and " ep |" in text
@@ -359,6 +361,21 @@ def test_a_published_study_regenerates_its_report_without_the_runs(tmp_path):
     shutil.rmtree(spec.out)  # the study itself gone: the published records are enough
     assert main(["study", "report", str(dest)]) == 0
     assert (dest / "report.md").read_text() == text
+
+
+def test_a_restored_study_reports_what_the_published_one_did(tmp_path):
+    """Restored on another machine, without checkpoints: every run at its path again, and what only
+    checkpoints gave (the referee's comparison) kept from results.jsonl."""
+    spec = fake_study(tmp_path)
+    (spec.out / "results.jsonl").write_text(json.dumps(COMPARISON) + "\n")
+    assert main(["study", "publish", str(spec.out), "--out", str(tmp_path / "published")]) == 0
+    out = tmp_path / "restored"
+    assert main(["study", "restore", str(tmp_path / "published"), "--out", str(out)]) == 0
+    scored = [j.path.relative_to(spec.out) for j in spec.jobs if (j.path / "eval.json").is_file()]
+    assert scored and all((out / path / "eval.json").is_file() for path in scored)
+    assert main(["study", "report", str(out)]) == 0
+    assert (out / "report.md").read_text() == (spec.out / "report.md").read_text()
+    assert "cosine of m_t" in (out / "report.md").read_text()
 
 
 def test_publishing_into_a_folder_that_holds_something_is_refused(tmp_path, capsys):

@@ -1,11 +1,12 @@
 """`lrt study publish`: a study as a small folder to commit beside the code.
 
 The folder holds what regenerates the report (spec.toml, lr_choice.json, results.jsonl) and the
-report itself (report.md and its plots), and under runs/ every run's eval.json, train_config.json
-and metrics.jsonl with the training records thinned to every `every`-th step (validations and
-the final record all kept). Checkpoints stay behind. The run files sit under runs/, not at the
-runs' own paths, so `lrt study report` on the folder reads results.jsonl rather than collecting
-again from runs it no longer has whole. `lrt study restore` puts them back at their paths.
+report itself (report.md and its plots), and under runs/ every run's eval.json, train_config.json,
+core.json (its CORE, where scored) and metrics.jsonl with the training records thinned to every
+`every`-th step (validations and the final record all kept). Checkpoints stay behind. The run
+files sit under runs/, not at the runs' own paths, so `lrt study report` on the folder reads
+results.jsonl rather than collecting again from runs it no longer has whole. `lrt study restore`
+puts them back at their paths.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .study_results import RESULTS, read_results, study_records
 from .study_spec import Spec, load_spec
 
 KEPT = ("spec.toml", "lr_choice.json", RESULTS, "report.md", *PLOTS)
-RUN_FILES = ("eval.json", "train_config.json")
+RUN_FILES = ("eval.json", "train_config.json", "core.json")
 
 
 def publish(spec: Spec, dest: Path, every: int = 10) -> Path:
@@ -53,7 +54,8 @@ def restore(published: Path, out: Path) -> Path:
     """A published study as a study folder again, each run's files at its own path, for `lrt study
     run` to continue on another machine: more seeds or stages, or a run whose folder was deleted.
     Its scored runs count as done; a trunk trains again only where one of its branches is still to
-    run (`study.to_run`), since its checkpoints were not published."""
+    run (`study.to_run`), since its checkpoints were not published; results.jsonl keeps what only
+    checkpoints gave (the referee's comparisons)."""
     published, out = Path(published), Path(out)
     if not (published / "spec.toml").is_file() or not (published / "runs").is_dir():
         raise ValueError(f"{published} is not a published study (no spec.toml and runs/ in it): see lrt study publish")
@@ -62,7 +64,7 @@ def restore(published: Path, out: Path) -> Path:
     staging = out.parent / f".{out.name}.restoring"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(published / "runs", staging)
-    for name in ("spec.toml", "lr_choice.json"):
+    for name in ("spec.toml", "lr_choice.json", RESULTS):  # results.jsonl: what only checkpoints gave
         if (published / name).is_file():
             shutil.copy2(published / name, staging / name)
     if out.exists():
