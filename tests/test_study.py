@@ -471,8 +471,17 @@ def test_restoring_what_is_not_a_published_study_or_into_a_used_folder_is_one_li
     (used / "notes.md").write_text("mine")
     (tmp_path / "published" / "runs").mkdir(parents=True)
     (tmp_path / "published" / "spec.toml").write_text(TINY.format(extra=""))
-    for published, out in ((tmp_path / "nothing", tmp_path / "new"), (tmp_path / "published", used)):
+    (tmp_path / "broken" / "runs").mkdir(parents=True)
+    (tmp_path / "broken" / "spec.toml").write_text(TINY.format(extra="").replace("[reference]", "[referense]"))
+    cases = (
+        (tmp_path / "nothing", tmp_path / "new"),
+        (tmp_path / "published", used),
+        (tmp_path / "published", tmp_path / "published" / "runs" / "new"),  # inside what it copies
+        (tmp_path / "broken", tmp_path / "new"),
+    )
+    for published, out in cases:
         assert main(["study", "restore", str(published), "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert [p.name for p in used.iterdir()] == ["notes.md"] and not (tmp_path / "new").exists()
+    assert sorted(p.name for p in (tmp_path / "published").rglob("*")) == ["runs", "spec.toml"]

@@ -59,8 +59,11 @@ def restore(published: Path, out: Path) -> Path:
     published, out = Path(published), Path(out)
     if not (published / "spec.toml").is_file() or not (published / "runs").is_dir():
         raise ValueError(f"{published} is not a published study (no spec.toml and runs/ in it): see lrt study publish")
+    if published.resolve() in (out.resolve(), *out.resolve().parents):
+        raise ValueError(f"restore into a folder outside the published study, not {out}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder: restore into a new one (nothing was changed)")
+    load_spec(published / "spec.toml", published)  # a spec this lrt cannot run is refused now, not at run
     staging = out.parent / f".{out.name}.restoring"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(published / "runs", staging)
